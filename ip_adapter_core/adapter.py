@@ -63,14 +63,6 @@ class IPAdapterModel(nn.Module):
         model.lora = lora
         return model
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.ip_layers.parameters()).dtype
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.ip_layers.parameters()).device
-
     def project(
         self,
         features: torch.Tensor,

@@ -205,3 +205,55 @@ def load_adapter_weights(path: str | os.PathLike) -> AdapterWeights:
     weights = split_adapter_state(state, os.path.basename(os.fspath(path)))
     weights.metadata = metadata
     return weights
+
+
+_ST_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+}
+
+
+def read_layout(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Keys and shapes of a checkpoint as meta tensors, without reading tensor data.
+
+    Safetensors: from the header. Torch files: unpickled (weights only) onto the meta device."""
+    path = os.fspath(path)
+    name = os.path.basename(path)
+    size = os.path.getsize(path)
+    if size == 0:
+        raise UnreadableCheckpointError(f"'{name}' is empty (0 bytes). Download it again.")
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+        if _looks_like_safetensors(head, size):
+            fh.seek(0)
+            (header_len,) = struct.unpack("<Q", fh.read(8))
+            if 8 + header_len > size:
+                raise UnreadableCheckpointError(f"'{name}' is truncated. Download it again.")
+            try:
+                header = json.loads(fh.read(header_len))
+            except ValueError as exc:
+                raise UnreadableCheckpointError(f"'{name}' has a corrupt safetensors header ({exc}).") from exc
+            out = {}
+            for key, info in header.items():
+                if key == "__metadata__":
+                    continue
+                dtype = _ST_DTYPES.get(info.get("dtype"), torch.float16)
+                out[key] = torch.empty(info.get("shape", []), dtype=dtype, device="meta")
+            return out
+    if not (head.startswith(_ZIP_MAGIC) or head[:1] == bytes([_PICKLE_PROTOCOL])):
+        raise UnreadableCheckpointError(f"'{name}' is neither a safetensors file nor a PyTorch checkpoint.")
+    try:
+        obj = torch.load(path, map_location="meta", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise UnsafeCheckpointError(f"Refused to read '{name}': its pickle asks for more than plain tensors.") from exc
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError) as exc:
+        raise UnreadableCheckpointError(f"'{name}' is a corrupt or truncated PyTorch file.") from exc
+    if not isinstance(obj, Mapping):
+        raise NotAnAdapterError(f"'{name}' holds a {type(obj).__name__}, not a dictionary of tensors.")
+    return dict(obj)
+
+
+def load_adapter_layout(path: str | os.PathLike) -> AdapterWeights:
+    """Like `load_adapter_weights` but with meta tensors: enough to recognise the file."""
+    return split_adapter_state(read_layout(path), os.path.basename(os.fspath(path)))

@@ -1,0 +1,145 @@
+"""Applying an adapter to a model clone: validation, projection, weights, patch install.
+
+Every apply node funnels into `apply_embeds`; nodes only translate their inputs."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ..ip_adapter_core.embeds import CombineMethod, EmbedsScaling, combine
+from ..ip_adapter_core.errors import InvalidInputError, WeightSpecError
+from ..ip_adapter_core.masks import normalize_mask
+from ..ip_adapter_core.weights import WeightType, resolve_layer_weights
+from . import host, patch
+from .adapter_store import IPAdapterHandle
+from .encoding import ImageEmbeds
+
+log = logging.getLogger("ipadapter_kit")
+
+
+@dataclass
+class ApplySettings:
+    weight: float = 1.0
+    weight_type: WeightType = WeightType.LINEAR
+    weight_composition: float | None = None
+    start_at: float = 0.0
+    end_at: float = 1.0
+    combine: CombineMethod = CombineMethod.CONCAT
+    scaling: EmbedsScaling = EmbedsScaling.V_ONLY
+    attn_mask: torch.Tensor | None = None
+    layer_weights: str = ""
+    unfold: bool = False
+    frame_weights: Sequence[float] | None = None
+    faceid_v2: bool = False
+    faceid_v2_scale: float = 1.0
+
+    def validate(self) -> None:
+        for name in ("weight", "start_at", "end_at", "faceid_v2_scale"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise WeightSpecError(f"{name} must be a finite number, got {value!r}.")
+        if self.weight_composition is not None and not math.isfinite(self.weight_composition):
+            raise WeightSpecError(f"the composition/boost weight must be finite, got {self.weight_composition!r}.")
+        if not (0.0 <= self.start_at <= 1.0 and 0.0 <= self.end_at <= 1.0):
+            raise WeightSpecError(f"start_at and end_at are fractions of the schedule (0..1); got {self.start_at} and {self.end_at}.")
+        if self.start_at > self.end_at:
+            raise WeightSpecError(
+                f"start_at ({self.start_at}) is after end_at ({self.end_at}): the adapter would never be "
+                "active. Set start_at <= end_at."
+            )
+        if self.frame_weights is not None:
+            bad = [w for w in self.frame_weights if not math.isfinite(float(w))]
+            if bad or len(self.frame_weights) == 0:
+                raise WeightSpecError("the per-frame weight list is empty or holds non-finite values.")
+
+
+def _combined(features: torch.Tensor, settings: ApplySettings) -> torch.Tensor:
+    return features if settings.unfold else combine(features, settings.combine)
+
+
+def _project(handle: IPAdapterHandle, embeds: ImageEmbeds, settings: ApplySettings, count: int | None = None) -> torch.Tensor:
+    """Embeds -> image tokens; without unfold, several images become one token sequence."""
+    model = handle.adapter.model
+    features = _combined(embeds.features, settings)
+    clip = embeds.clip_features
+    if clip is not None:
+        clip = _combined(clip, settings)
+    if count is not None and features.shape[0] == 1 and count > 1:
+        features = features.expand(count, *features.shape[1:])
+        clip = clip.expand(count, *clip.shape[1:]) if clip is not None else None
+    tokens = model.project(features, clip, settings.faceid_v2, settings.faceid_v2_scale)
+    if not settings.unfold:
+        tokens = tokens.reshape(1, -1, tokens.shape[-1])
+    return tokens
+
+
+def _layer_kv(handle: IPAdapterHandle, tokens: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    store = host.storage_device()
+    return [(kv.k.float().to(store), kv.v.float().to(store)) for kv in handle.adapter.model.layer_kv(tokens)]
+
+
+def apply_embeds(
+    model,
+    handle: IPAdapterHandle,
+    cond: ImageEmbeds,
+    uncond: ImageEmbeds,
+    settings: ApplySettings,
+    alt: ImageEmbeds | None = None,
+):
+    """A clone of `model` with this adapter added to its cross-attention."""
+    settings.validate()
+    spec, name = handle.spec, handle.adapter.name
+    layers = host.cross_attention_layers(model)
+    host.check_adapter_fits(spec, model, layers, name)
+    if cond.output is not spec.encoder_output:
+        raise InvalidInputError(
+            f"'{name}' needs {spec.encoder_output.value} but the embeds hold {cond.output.value}; encode the "
+            "image with this adapter (or one of the same kind)."
+        )
+    weights = resolve_layer_weights(
+        settings.weight_type, layers, settings.weight, settings.weight_composition, settings.layer_weights
+    )
+    clone = model.clone()
+    if settings.start_at == settings.end_at or all(w.weight == 0 for w in weights):
+        log.info("IPAdapter '%s' has no effect with these settings (weight 0 or empty start/end range)", name)
+        return clone
+    mask = normalize_mask(settings.attn_mask) if settings.attn_mask is not None else None
+
+    host.load_to_device(handle.adapter.patcher)
+    with torch.no_grad():
+        tok_cond = _project(handle, cond, settings)
+        count = cond.count if (settings.combine is CombineMethod.CONCAT and not settings.unfold) else None
+        tok_uncond = _project(handle, uncond, settings, count)
+        tok_alt = _project(handle, alt, settings) if alt is not None else None
+        kv_cond = _layer_kv(handle, tok_cond)
+        kv_uncond = _layer_kv(handle, tok_uncond)
+        kv_alt = _layer_kv(handle, tok_alt) if tok_alt is not None else None
+
+    sigma_start = sigma_end = None
+    if (settings.start_at, settings.end_at) != (0.0, 1.0):
+        sigma_start, sigma_end = host.sigma_range(model, settings.start_at, settings.end_at)
+    frame_weights = None
+    if settings.frame_weights is not None:
+        frame_weights = torch.tensor([float(w) for w in settings.frame_weights])
+    prompt = patch.PreparedPrompt(
+        cond=kv_cond,
+        uncond=kv_uncond,
+        alt=kv_alt,
+        unfold=settings.unfold,
+        sigma_start=sigma_start,
+        sigma_end=sigma_end,
+        mask=mask.to(host.storage_device()) if mask is not None else None,
+        frame_weights=frame_weights,
+    )
+    entries = {
+        layer.index: patch.LayerEntry(prompt, layer.index, lw.weight, lw.route, settings.scaling)
+        for layer, lw in zip(layers, weights)
+        if lw.weight != 0
+    }
+    patch.install(clone, layers, entries)
+    return clone

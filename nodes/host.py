@@ -1,0 +1,165 @@
+"""Everything that touches ComfyUI internals beyond the node API, in one place.
+
+Keeping the compatibility surface small is what lets the pack survive host updates.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from dataclasses import dataclass
+
+import torch
+
+import comfy.model_management as mm
+from comfy.ldm.modules import attention as comfy_attention
+
+from ..ip_adapter_core.errors import IncompatibleModelError
+from ..ip_adapter_core.spec import AdapterSpec, BaseModel
+
+log = logging.getLogger("ipadapter_kit")
+
+# Hosts since 0.3.59 route attention through overrides in transformer_options and honour
+# attn_precision; older ones take (q, k, v, heads) only.
+_ATTN_TAKES_OPTIONS = "attn_precision" in inspect.signature(comfy_attention.optimized_attention).parameters
+
+
+def text_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict) -> torch.Tensor:
+    """The attention the unpatched layer would compute (same function, same arguments)."""
+    heads = extra_options["n_heads"]
+    if _ATTN_TAKES_OPTIONS:
+        return comfy_attention.optimized_attention(
+            q, k, v, heads, attn_precision=extra_options.get("attn_precision"), transformer_options=extra_options
+        )
+    return comfy_attention.optimized_attention(q, k, v, heads)
+
+
+@dataclass(frozen=True)
+class HostLayer:
+    """One attn2 of the loaded UNet, in checkpoint order."""
+
+    index: int
+    key: tuple[str, int, int]  # ComfyUI's (block, block_id, block_index)
+    transformer_index: int
+    width: int  # attn2 inner width
+    context_dim: int
+    heads: int
+
+    @property
+    def block(self) -> str:
+        return self.key[0]
+
+    @property
+    def block_index(self) -> int:
+        return self.key[2]
+
+
+def unet_of(model) -> torch.nn.Module:
+    return model.model.diffusion_model
+
+
+def cross_attention_layers(model) -> list[HostLayer]:
+    """Enumerate the UNet's cross-attention layers as ComfyUI keys them, in the order
+    adapter checkpoints number them (input, output, middle)."""
+    from comfy.ldm.modules.attention import SpatialTransformer
+
+    unet = unet_of(model)
+    blocks = []
+    for name in ("input_blocks", "middle_block", "output_blocks"):
+        if not hasattr(unet, name):
+            raise IncompatibleModelError(
+                f"This model ({type(model.model).__name__}) is not a UNet like SD1.5/SDXL: "
+                "SD1.5/SDXL/Kolors IP-Adapters only apply to those. For Flux or SD3.5 use the "
+                "IP-Adapter made for them."
+            )
+    blocks = [("input", i, b) for i, b in enumerate(unet.input_blocks)]
+    blocks.append(("middle", 0, unet.middle_block))
+    blocks += [("output", i, b) for i, b in enumerate(unet.output_blocks)]
+    found = []
+    t_idx = 0
+    for block_name, block_id, block in blocks:
+        for module in block if isinstance(block, torch.nn.Sequential) else [block]:
+            if not isinstance(module, SpatialTransformer):
+                continue
+            for i, tb in enumerate(module.transformer_blocks):
+                attn2 = getattr(tb, "attn2", None)
+                if attn2 is None:
+                    continue
+                found.append(
+                    (block_name, block_id, i, t_idx, attn2.to_q.out_features, attn2.to_k.in_features, attn2.heads)
+                )
+            t_idx += 1
+    order = {"input": 0, "output": 1, "middle": 2}
+    found.sort(key=lambda f: (order[f[0]], f[3], f[2]))
+    return [
+        HostLayer(index=n, key=(b, bid, i), transformer_index=t, width=w, context_dim=c, heads=h)
+        for n, (b, bid, i, t, w, c, h) in enumerate(found)
+    ]
+
+
+def model_family(model, layers: list[HostLayer]) -> str:
+    """"sd15", "sdxl", "kolors" or a description of what the model is."""
+    name = type(model.model).__name__
+    if getattr(unet_of(model), "encoder_hid_proj", None) is not None or "kolors" in name.lower():
+        return BaseModel.KOLORS.value
+    if len(layers) == 16 and layers[0].context_dim == 768:
+        return BaseModel.SD15.value
+    if len(layers) == 70 and layers[0].context_dim == 2048:
+        return BaseModel.SDXL.value
+    ctx = layers[0].context_dim if layers else 0
+    return f"{name} ({len(layers)} cross-attention layers, {ctx}-d text tokens)"
+
+
+_FAMILY_LABEL = {"sd15": "SD1.5", "sdxl": "SDXL", "kolors": "Kolors"}
+
+
+def check_adapter_fits(spec: AdapterSpec, model, layers: list[HostLayer], adapter_name: str) -> None:
+    """Refuse an adapter made for another base model, naming both."""
+    family = model_family(model, layers)
+    want = spec.base.value
+    label = _FAMILY_LABEL.get(family, family)
+    if family != want:
+        hint = {
+            "sd15": "Use an SD1.5 adapter (e.g. ip-adapter_sd15.safetensors) with this model",
+            "sdxl": "Use an SDXL adapter (e.g. ip-adapter_sdxl_vit-h.safetensors) with this model",
+            "kolors": "Use the Kolors adapter (ip_adapter_plus_general.bin) with this model",
+        }.get(family, "Load a base model this adapter was made for")
+        raise IncompatibleModelError(
+            f"'{adapter_name}' is an IP-Adapter for {spec.base.label}, but the model is {label}. "
+            f"{hint}, or load a {spec.base.label} checkpoint for this adapter."
+        )
+    widths = [layer.width for layer in layers]
+    if widths != list(spec.layer_widths) or any(layer.context_dim != spec.cross_attention_dim for layer in layers):
+        raise IncompatibleModelError(
+            f"'{adapter_name}' ({spec.base.label}) does not fit this model's cross-attention layers "
+            f"({len(layers)} layers, widths {sorted(set(widths))}); the checkpoint may be a "
+            "modified architecture."
+        )
+
+
+def sigma_range(model, start_at: float, end_at: float) -> tuple[float, float]:
+    sampling = model.get_model_object("model_sampling")
+    return float(sampling.percent_to_sigma(start_at)), float(sampling.percent_to_sigma(end_at))
+
+
+def compute_device() -> torch.device:
+    return mm.get_torch_device()
+
+
+def offload_device() -> torch.device:
+    return mm.unet_offload_device()
+
+
+def storage_device() -> torch.device:
+    """Where per-apply tensors live between runs (CPU on every host)."""
+    return mm.intermediate_device()
+
+
+def adapter_dtype(device: torch.device) -> torch.dtype:
+    if device.type == "cpu":
+        return torch.float32
+    return torch.float16 if mm.should_use_fp16(device) else torch.float32
+
+
+def load_to_device(patcher) -> None:
+    mm.load_models_gpu([patcher])

@@ -1,0 +1,264 @@
+"""The attn2 replace patch: the hot path.
+
+Per apply, image K/V of every layer are projected once (`PreparedPrompt`). Per sampling
+step a layer only runs the image attention and one fused add; everything else (K/V for a
+batch layout, masks at a token grid, the start/end gate for a step) is computed once and
+cached. Nothing here reads a GPU value back to the CPU.
+
+Patch objects are immutable and shared between model clones (`__deepcopy__` returns self):
+applying another adapter to a clone installs new patch objects on that clone only.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from ..ip_adapter_core.attention import attention as image_attention
+from ..ip_adapter_core.embeds import EmbedsScaling, scale_kv
+from ..ip_adapter_core.masks import aspect_mismatch, resize_to_tokens, token_grid
+from ..ip_adapter_core.weights import Route
+from . import host
+
+log = logging.getLogger("ipadapter_kit")
+
+COND, UNCOND = 0, 1
+
+
+class DeviceCache:
+    """Derived tensors keyed by (device, dtype, ...); dropped when the model offloads."""
+
+    def __init__(self):
+        self._data: dict = {}
+
+    def get(self, key, make):
+        value = self._data.get(key)
+        if value is None:
+            value = make()
+            self._data[key] = value
+        return value
+
+    def drop_except(self, device: torch.device) -> None:
+        keep = {k: v for k, v in self._data.items() if k[0] == device}
+        self._data = keep
+
+
+@dataclass(eq=False)
+class PreparedPrompt:
+    """One apply's image K/V for every layer: [n, tokens, width] on the storage device.
+
+    n is 1 unless `unfold` (one reference per latent frame). `alt` holds the composition
+    image's K/V when a weight type routes some layers to it."""
+
+    cond: list[tuple[torch.Tensor, torch.Tensor]]
+    uncond: list[tuple[torch.Tensor, torch.Tensor]]
+    alt: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+    unfold: bool = False
+    sigma_start: float | None = None  # None: active over the whole schedule
+    sigma_end: float | None = None
+    mask: torch.Tensor | None = None  # [M, H, W] on the storage device
+    frame_weights: torch.Tensor | None = None  # [frames], unfold only
+    cache: DeviceCache = field(default_factory=DeviceCache)
+    _gate_for: object = None
+    _gate: torch.Tensor | None = None
+    _gated: dict = field(default_factory=dict)
+    _warned_aspect: bool = False
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def source(self, layer: int, route: Route, kind: int):
+        """(k, v) a chunk of `kind` attends to on this layer, or None for no contribution."""
+        if route is Route.NEGATIVE:
+            return self.cond[layer] if kind == UNCOND else None
+        if kind == UNCOND:
+            return self.uncond[layer]
+        if route is Route.COMPOSITION and self.alt is not None:
+            return self.alt[layer]
+        return self.cond[layer]
+
+    def gate(self, extra_options: dict, dtype: torch.dtype) -> torch.Tensor | None:
+        """1 while the current sigma is inside [sigma_end, sigma_start], else 0. On-device:
+        computed once per model call and shared by every layer."""
+        if self.sigma_start is None:
+            return None
+        sigmas = extra_options.get("sigmas")
+        if sigmas is None:
+            return None
+        if self._gate_for is not sigmas:
+            s = sigmas.reshape(-1)[:1]
+            active = (s <= self.sigma_start) & (s >= self.sigma_end)
+            self._gate = active.to(dtype).view(1, 1, 1)
+            self._gate_for = sigmas
+        return self._gate
+
+    def gated(self, factor, gate: torch.Tensor) -> torch.Tensor:
+        """factor * gate, computed once per model call for each distinct factor."""
+        key = factor if isinstance(factor, float) else id(factor)
+        hit = self._gated.get(key)
+        if hit is None or hit[0] is not gate:
+            hit = (gate, gate * factor)
+            self._gated[key] = hit
+        return hit[1]
+
+    def mask_rows(self, grid: tuple[int, int], rows: Sequence[int], device, dtype) -> torch.Tensor:
+        """Mask at `grid`, one row per batch row ([1, N, 1] when a single mask)."""
+        resized = self.cache.get((device, dtype, "mask", grid), lambda: resize_to_tokens(self.mask, grid).to(device, dtype))
+        if resized.shape[0] == 1:
+            return resized
+        idx = torch.tensor([min(r, resized.shape[0] - 1) for r in rows], device="cpu")
+        return resized.index_select(0, idx.to(device, non_blocking=True))
+
+    def to(self, device: torch.device) -> None:
+        self.cache.drop_except(device)
+        self._gate_for, self._gate = None, None
+        self._gated = {}
+
+
+@dataclass(eq=False)
+class LayerEntry:
+    """One applied adapter on one layer."""
+
+    prompt: PreparedPrompt
+    layer: int
+    weight: float
+    route: Route = Route.NORMAL
+    scaling: EmbedsScaling = EmbedsScaling.V_ONLY
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def _frame_rows(self, per_chunk: int, extra_options: dict) -> list[int]:
+        ad = extra_options.get("ad_params")
+        if ad and ad.get("sub_idxs") is not None:
+            return [int(i) for i in ad["sub_idxs"]][:per_chunk]
+        return list(range(per_chunk))
+
+    def _batched(self, layout: tuple, batch: int, frames: tuple, device, dtype):
+        """K/V stacked for this batch layout, and the per-row output scale."""
+        p = self.prompt
+        per_chunk = batch // len(layout)
+        rows = []  # (source, image index, weight) per batch row; source None = no contribution
+        for kind in layout:
+            src = p.source(self.layer, self.route, kind)
+            for row in range(per_chunk):
+                frame = frames[row] if row < len(frames) else row
+                w = self.weight
+                if p.frame_weights is not None:
+                    w = w * float(p.frame_weights[min(frame, p.frame_weights.shape[0] - 1)])
+                i = min(frame, src[0].shape[0] - 1) if (src is not None and p.unfold) else 0
+                rows.append((src, i, w))
+        ks, vs, scales = [], [], []
+        for src, i, w in rows:
+            k, v = src if src is not None else p.cond[self.layer]
+            k_i, v_i, out_scale = scale_kv(k[i : i + 1], v[i : i + 1], w, self.scaling)
+            ks.append(k_i), vs.append(v_i), scales.append(out_scale if src is not None else 0.0)
+        if len({(id(src), i, w) for src, i, w in rows}) == 1:
+            # Every row attends to the same tokens (the usual case): let attention broadcast.
+            return ks[0].to(device, dtype), vs[0].to(device, dtype), scales[0]
+        k_all = torch.cat(ks).to(device, dtype)
+        v_all = torch.cat(vs).to(device, dtype)
+        return k_all, v_all, torch.tensor(scales, dtype=dtype).view(-1, 1, 1).to(device)
+
+    def apply(self, out: torch.Tensor, q: torch.Tensor, extra_options: dict) -> torch.Tensor:
+        p = self.prompt
+        layout = tuple(extra_options.get("cond_or_uncond") or (COND,))
+        batch = q.shape[0]
+        per_chunk = max(1, batch // len(layout))
+        needs_frames = p.unfold or p.mask is not None or p.frame_weights is not None
+        frames = tuple(self._frame_rows(per_chunk, extra_options)) if needs_frames else ()
+        key = (q.device, q.dtype, self.layer, self.route, self.weight, self.scaling, layout, batch, frames)
+        k, v, scale = p.cache.get(key, lambda: self._batched(layout, batch, frames, q.device, q.dtype))
+        if isinstance(scale, float) and scale == 0.0:
+            return out
+        factor = scale
+        if p.mask is not None:
+            grid = self._grid(q.shape[1], extra_options)
+            rows = [frames[r % per_chunk] if frames else 0 for r in range(batch)]
+            mkey = (q.device, q.dtype, "factor", self.layer, self.weight, self.scaling, self.route, layout, batch, frames, grid)
+            factor = p.cache.get(mkey, lambda: p.mask_rows(grid, rows, q.device, q.dtype) * scale)
+        gate = p.gate(extra_options, q.dtype)
+        if gate is not None:
+            factor = p.gated(factor, gate)
+        ip = image_attention(q, k, v, extra_options["n_heads"])
+        if isinstance(factor, float):
+            return torch.add(out, ip, alpha=factor)
+        return torch.addcmul(out, ip, factor)
+
+    def _grid(self, n_tokens: int, extra_options: dict) -> tuple[int, int]:
+        shape = extra_options.get("activations_shape")
+        if shape is not None and len(shape) == 4 and shape[-1] * shape[-2] == n_tokens:
+            return int(shape[-2]), int(shape[-1])
+        original = extra_options.get("original_shape")
+        latent_hw = (int(original[-2]), int(original[-1])) if original is not None else (n_tokens, 1)
+        grid = token_grid(n_tokens, latent_hw)
+        p = self.prompt
+        if not p._warned_aspect and aspect_mismatch(tuple(p.mask.shape[-2:]), latent_hw):
+            p._warned_aspect = True
+            log.warning(
+                "IPAdapter attn_mask is %dx%d but the latent is %dx%d: the mask is stretched to the "
+                "latent's aspect ratio.", p.mask.shape[-1], p.mask.shape[-2], latent_hw[1], latent_hw[0]
+            )
+        return grid
+
+
+class Attn2Patch:
+    """Replace patch for one attn2 key: text attention plus every adapter's image branch.
+
+    A patch another pack installed on the same key is kept as `inner` and computes the
+    text part, so the two compose instead of overwriting each other."""
+
+    def __init__(self, layer: host.HostLayer, entries: tuple[LayerEntry, ...], inner=None):
+        self.layer = layer
+        self.entries = entries
+        self.inner = inner
+
+    def extended(self, entry: LayerEntry) -> "Attn2Patch":
+        return Attn2Patch(self.layer, self.entries + (entry,), self.inner)
+
+    def __call__(self, q, k, v, extra_options):
+        if self.inner is not None:
+            out = self.inner(q, k, v, extra_options)
+        else:
+            out = host.text_attention(q, k, v, extra_options)
+        for entry in self.entries:
+            out = entry.apply(out, q, extra_options)
+        return out
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def to(self, device_or_dtype):
+        if isinstance(device_or_dtype, torch.device):
+            for entry in self.entries:
+                entry.prompt.to(device_or_dtype)
+        if self.inner is not None and hasattr(self.inner, "to"):
+            self.inner = self.inner.to(device_or_dtype)
+        return self
+
+    def models(self):
+        if self.inner is not None and hasattr(self.inner, "models"):
+            return self.inner.models()
+        return []
+
+
+def install(model, layers: Sequence[host.HostLayer], entries_by_layer: dict[int, LayerEntry]) -> None:
+    """Add one adapter's entries to `model` (a clone): one patch object per attn2 key."""
+    options = model.model_options.setdefault("transformer_options", {})
+    existing = options.get("patches_replace", {}).get("attn2", {})
+    for layer in layers:
+        entry = entries_by_layer.get(layer.index)
+        if entry is None:
+            continue
+        key = layer.key
+        current = existing.get(key)
+        if current is None:
+            current = existing.get(key[:2])
+        if isinstance(current, Attn2Patch):
+            patch = current.extended(entry)
+        else:
+            patch = Attn2Patch(layer, (entry,), inner=current)
+        model.set_model_attn2_replace(patch, key[0], key[1], key[2])
