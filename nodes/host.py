@@ -44,6 +44,7 @@ class HostLayer:
     width: int  # attn2 inner width
     context_dim: int
     heads: int
+    module_path: str = ""  # "input_blocks.1.1.transformer_blocks.0" inside diffusion_model
 
     @property
     def block(self) -> str:
@@ -72,28 +73,30 @@ def cross_attention_layers(model) -> list[HostLayer]:
                 "SD1.5/SDXL/Kolors IP-Adapters only apply to those. For Flux or SD3.5 use the "
                 "IP-Adapter made for them."
             )
-    blocks = [("input", i, b) for i, b in enumerate(unet.input_blocks)]
-    blocks.append(("middle", 0, unet.middle_block))
-    blocks += [("output", i, b) for i, b in enumerate(unet.output_blocks)]
+    blocks = [("input", i, b, f"input_blocks.{i}") for i, b in enumerate(unet.input_blocks)]
+    blocks.append(("middle", 0, unet.middle_block, "middle_block"))
+    blocks += [("output", i, b, f"output_blocks.{i}") for i, b in enumerate(unet.output_blocks)]
     found = []
     t_idx = 0
-    for block_name, block_id, block in blocks:
-        for module in block if isinstance(block, torch.nn.Sequential) else [block]:
+    for block_name, block_id, block, block_path in blocks:
+        children = list(block) if isinstance(block, torch.nn.Sequential) else [block]
+        for m_idx, module in enumerate(children):
             if not isinstance(module, SpatialTransformer):
                 continue
             for i, tb in enumerate(module.transformer_blocks):
                 attn2 = getattr(tb, "attn2", None)
                 if attn2 is None:
                     continue
+                path = f"{block_path}.{m_idx}.transformer_blocks.{i}"
                 found.append(
-                    (block_name, block_id, i, t_idx, attn2.to_q.out_features, attn2.to_k.in_features, attn2.heads)
+                    (block_name, block_id, i, t_idx, attn2.to_q.out_features, attn2.to_k.in_features, attn2.heads, path)
                 )
             t_idx += 1
     order = {"input": 0, "output": 1, "middle": 2}
     found.sort(key=lambda f: (order[f[0]], f[3], f[2]))
     return [
-        HostLayer(index=n, key=(b, bid, i), transformer_index=t, width=w, context_dim=c, heads=h)
-        for n, (b, bid, i, t, w, c, h) in enumerate(found)
+        HostLayer(index=n, key=(b, bid, i), transformer_index=t, width=w, context_dim=c, heads=h, module_path=path)
+        for n, (b, bid, i, t, w, c, h, path) in enumerate(found)
     ]
 
 
