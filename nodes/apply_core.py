@@ -142,4 +142,5 @@ def apply_embeds(
         if lw.weight != 0
     }
     patch.install(clone, layers, entries)
+    host.track_cond_roles(clone)  # positive/negative chunks by role (DualCFG & co.)
     return clone

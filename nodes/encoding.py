@@ -109,10 +109,22 @@ def encode_clip(clip_vision, image: torch.Tensor, output: EncoderOutput, crop: C
     image = to_square(image, crop, clip_image_size(clip_vision))
     chunks = [image] if batch_size <= 0 else list(image.split(batch_size))
     feats = []
+    bar = _progress(len(chunks))
     for chunk in chunks:
         out = _encode_image(clip_vision, chunk)
         feats.append(out["image_embeds"] if output is EncoderOutput.IMAGE_EMBEDS else out["penultimate_hidden_states"])
+        if bar is not None:
+            bar.update(1)
     return torch.cat(feats).to(mm.intermediate_device())
+
+
+def _progress(total: int):
+    """ComfyUI's progress bar on the running node, when encoding takes several chunks."""
+    if total <= 1:
+        return None
+    import comfy.utils
+
+    return comfy.utils.ProgressBar(total)
 
 
 def zero_pixel_features(clip_vision, output: EncoderOutput) -> torch.Tensor:

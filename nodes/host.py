@@ -166,3 +166,81 @@ def adapter_dtype(device: torch.device) -> torch.dtype:
 
 def load_to_device(patcher) -> None:
     mm.load_models_gpu([patcher])
+
+
+# --- which batch chunk is the negative -------------------------------------------------
+# ComfyUI batches the conds a guider passes to calc_cond_batch and tells the patch each
+# chunk's *position* in that list (`cond_or_uncond`). Position 0 is the positive only for
+# CFGGuider ([positive, negative]); DualCFGGuider (CosXL edit / ip2p) passes [negative,
+# middle, positive]. Two wrappers recover each chunk's role by name: PREDICT_NOISE sees the
+# guider and records {uuid set of a cond list: its name ("positive", "negative", "middle",
+# ...)}; CALC_COND_BATCH matches its cond lists (or their context-window copies, which
+# keep the uuids) against that and stores one role per position for the patch.
+
+_ROLE_WRAPPER_KEY = "ipadapter_kit.cond_roles"
+_ROLES_BY_CONDS = "ipadapter_kit.roles_by_conds"
+CHUNK_ROLES = "ipadapter_kit.chunk_roles"
+POSITIVE_ROLE = "positive"
+
+
+def _cond_signature(conds) -> frozenset:
+    return frozenset(c.get("uuid") for c in conds if isinstance(c, dict))
+
+
+def _with_transformer_option(model_options: dict, key: str, value) -> dict:
+    options = dict(model_options)
+    transformer = dict(options.get("transformer_options", {}))
+    transformer[key] = value
+    options["transformer_options"] = transformer
+    return options
+
+
+def _note_guider_roles(executor, x, timestep, model_options={}, seed=None):  # noqa: B006 - mirrors the host signature
+    conds = getattr(executor.class_obj, "conds", None)
+    if isinstance(conds, dict) and isinstance(model_options, dict):
+        roles, ambiguous = {}, set()
+        for name, cond_list in conds.items():
+            signature = _cond_signature(cond_list) if cond_list else frozenset()
+            if not signature or None in signature:
+                continue  # conds without uuids cannot be told apart: positional fallback
+            if roles.setdefault(signature, name) != name:
+                ambiguous.add(signature)
+        for signature in ambiguous:
+            roles.pop(signature)
+        model_options = _with_transformer_option(model_options, _ROLES_BY_CONDS, roles)
+    return executor(x, timestep, model_options, seed)
+
+
+def _note_chunk_roles(executor, model, conds, x_in, timestep, model_options):
+    roles = model_options.get("transformer_options", {}).get(_ROLES_BY_CONDS) if isinstance(model_options, dict) else None
+    if roles:
+        by_position = tuple(None if c is None else roles.get(_cond_signature(c)) for c in conds)
+        model_options = _with_transformer_option(model_options, CHUNK_ROLES, by_position)
+    return executor(model, conds, x_in, timestep, model_options)
+
+
+def track_cond_roles(model_patcher) -> None:
+    """Let the patch tell positive from negative chunks under any guider (idempotent)."""
+    if not hasattr(model_patcher, "add_wrapper_with_key"):
+        return  # hosts before Dec 2024: only CFGGuider's [positive, negative] layout exists
+    from comfy.patcher_extension import WrappersMP
+
+    for kind, fn in ((WrappersMP.PREDICT_NOISE, _note_guider_roles), (WrappersMP.CALC_COND_BATCH, _note_chunk_roles)):
+        if fn not in model_patcher.get_wrappers(kind, _ROLE_WRAPPER_KEY):
+            model_patcher.add_wrapper_with_key(kind, _ROLE_WRAPPER_KEY, fn)
+
+
+def chunk_kinds(extra_options: dict, cond: int = 0, uncond: int = 1) -> tuple[int, ...]:
+    """`cond` or `uncond` for every chunk of the current batch: the guider's "positive"
+    conds are `cond`, every other list (negative, DualCFG's middle, ...) is `uncond`.
+    Without role information, position 0 is the positive (CFGGuider's layout)."""
+    layout = extra_options.get("cond_or_uncond") or (0,)
+    roles = extra_options.get(CHUNK_ROLES)
+    out = []
+    for position in layout:
+        role = roles[position] if roles and 0 <= position < len(roles) else None
+        if role is None:
+            out.append(cond if position == 0 else uncond)
+        else:
+            out.append(cond if role == POSITIVE_ROLE else uncond)
+    return tuple(out)

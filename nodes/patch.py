@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..ip_adapter_core import fused
 from ..ip_adapter_core.attention import attention as image_attention
 from ..ip_adapter_core.embeds import EmbedsScaling, scale_kv
 from ..ip_adapter_core.masks import aspect_mismatch, resize_to_tokens, token_grid
@@ -42,8 +43,13 @@ class DeviceCache:
         return value
 
     def drop_except(self, device: torch.device) -> None:
-        keep = {k: v for k, v in self._data.items() if k[0] == device}
-        self._data = keep
+        self._data = {k: v for k, v in self._data.items() if same_device(k[0], device)}
+
+
+def same_device(a: torch.device, b: torch.device) -> bool:
+    """cuda and cuda:0 are the same device (ComfyUI passes either)."""
+    a, b = torch.device(a), torch.device(b)
+    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
 
 
 @dataclass(eq=False)
@@ -118,6 +124,16 @@ class PreparedPrompt:
         self._gated = {}
 
 
+@dataclass(frozen=True)
+class CallContext:
+    layout: tuple
+    batch: int
+    per_chunk: int
+    frames: tuple
+    device: torch.device
+    dtype: torch.dtype
+
+
 @dataclass(eq=False)
 class LayerEntry:
     """One applied adapter on one layer."""
@@ -135,6 +151,9 @@ class LayerEntry:
         ad = extra_options.get("ad_params")
         if ad and ad.get("sub_idxs") is not None:
             return [int(i) for i in ad["sub_idxs"]][:per_chunk]
+        window = extra_options.get("context_window")  # ComfyUI's own context windows over the batch
+        if window is not None and getattr(window, "dim", None) == 0 and getattr(window, "index_list", None) is not None:
+            return [int(i) for i in window.index_list][:per_chunk]
         return list(range(per_chunk))
 
     def _batched(self, layout: tuple, batch: int, frames: tuple, device, dtype):
@@ -163,23 +182,42 @@ class LayerEntry:
         v_all = torch.cat(vs).to(device, dtype)
         return k_all, v_all, torch.tensor(scales, dtype=dtype).view(-1, 1, 1).to(device)
 
-    def apply(self, out: torch.Tensor, q: torch.Tensor, extra_options: dict) -> torch.Tensor:
-        p = self.prompt
-        layout = tuple(extra_options.get("cond_or_uncond") or (COND,))
+    def context(self, q: torch.Tensor, extra_options: dict) -> "CallContext":
+        layout = host.chunk_kinds(extra_options, COND, UNCOND)  # by role: DualCFG puts the negative first
         batch = q.shape[0]
         per_chunk = max(1, batch // len(layout))
+        p = self.prompt
         needs_frames = p.unfold or p.mask is not None or p.frame_weights is not None
         frames = tuple(self._frame_rows(per_chunk, extra_options)) if needs_frames else ()
-        key = (q.device, q.dtype, self.layer, self.route, self.weight, self.scaling, layout, batch, frames)
-        k, v, scale = p.cache.get(key, lambda: self._batched(layout, batch, frames, q.device, q.dtype))
+        return CallContext(layout, batch, per_chunk, frames, q.device, q.dtype)
+
+    def terms(self, ctx: "CallContext"):
+        """(k, v, row scale) for this call's batch layout; cached."""
+        key = (ctx.device, ctx.dtype, self.layer, self.route, self.weight, self.scaling, ctx.layout, ctx.batch, ctx.frames)
+        return self.prompt.cache.get(key, lambda: self._batched(ctx.layout, ctx.batch, ctx.frames, ctx.device, ctx.dtype))
+
+    def mask(self, ctx: "CallContext", n_tokens: int, extra_options: dict) -> torch.Tensor | None:
+        """Mask rows [B or 1, N, 1] at this layer's token grid, or None; cached per grid."""
+        p = self.prompt
+        if p.mask is None:
+            return None
+        grid = self._grid(n_tokens, extra_options)
+        rows = [ctx.frames[r % ctx.per_chunk] if ctx.frames else 0 for r in range(ctx.batch)]
+        key = (ctx.device, ctx.dtype, "mask", ctx.layout, ctx.batch, ctx.frames, grid)
+        return p.cache.get(key, lambda: p.mask_rows(grid, rows, ctx.device, ctx.dtype))
+
+    def apply(self, out: torch.Tensor, q: torch.Tensor, extra_options: dict) -> torch.Tensor:
+        """Plain path: out + factor * Attn(q, K_img, V_img)."""
+        p = self.prompt
+        ctx = self.context(q, extra_options)
+        k, v, scale = self.terms(ctx)
         if isinstance(scale, float) and scale == 0.0:
             return out
         factor = scale
-        if p.mask is not None:
-            grid = self._grid(q.shape[1], extra_options)
-            rows = [frames[r % per_chunk] if frames else 0 for r in range(batch)]
-            mkey = (q.device, q.dtype, "factor", self.layer, self.weight, self.scaling, self.route, layout, batch, frames, grid)
-            factor = p.cache.get(mkey, lambda: p.mask_rows(grid, rows, q.device, q.dtype) * scale)
+        mask = self.mask(ctx, q.shape[1], extra_options)
+        if mask is not None:
+            key = (ctx.device, ctx.dtype, "factor", self.layer, self.weight, self.scaling, self.route, ctx.layout, ctx.batch, ctx.frames, mask.shape)
+            factor = p.cache.get(key, lambda: mask * scale)
         gate = p.gate(extra_options, q.dtype)
         if gate is not None:
             factor = p.gated(factor, gate)
@@ -215,11 +253,17 @@ class Attn2Patch:
         self.layer = layer
         self.entries = entries
         self.inner = inner
+        self._fast: dict = {}  # (q shape, dtype, device, layout, frames) -> fused plan
+        p = [e.prompt for e in entries]
+        self._needs_frames = any(x.unfold or x.mask is not None or x.frame_weights is not None for x in p)
+        self._has_mask = any(x.mask is not None for x in p)
 
     def extended(self, entry: LayerEntry) -> "Attn2Patch":
         return Attn2Patch(self.layer, self.entries + (entry,), self.inner)
 
     def __call__(self, q, k, v, extra_options):
+        if fused.available(q) and q.shape[-1] // extra_options["n_heads"] <= fused.MAX_HEAD_DIM:
+            return self._fused(q, k, v, extra_options)
         if self.inner is not None:
             out = self.inner(q, k, v, extra_options)
         else:
@@ -228,11 +272,70 @@ class Attn2Patch:
             out = entry.apply(out, q, extra_options)
         return out
 
+    def _fused(self, q, k, v, extra_options):
+        """Text attention and every image branch in one kernel (CUDA)."""
+        layout = extra_options.get("cond_or_uncond")
+        ad = extra_options.get("ad_params") if self._needs_frames else None
+        frames = tuple(ad["sub_idxs"]) if ad and ad.get("sub_idxs") is not None else None
+        latent = tuple(extra_options.get("original_shape") or ())[-2:] if self._has_mask else None
+        key = (q.shape, q.dtype, q.device, tuple(layout) if layout else (), extra_options.get(host.CHUNK_ROLES), frames, latent)
+        plan = self._fast.get(key, _MISSING)
+        if plan is _MISSING:
+            ctx = self.entries[0].context(q, extra_options)
+            masks = [entry.mask(ctx, q.shape[1], extra_options) for entry in self.entries]
+            plan = self._plan(ctx, masks)
+            self._fast[key] = plan
+        base = self.inner(q, k, v, extra_options) if self.inner is not None else None
+        if plan is None:
+            return base if base is not None else host.text_attention(q, k, v, extra_options)
+        return fused.decoupled_attention_fused(
+            q, k, v, extra_options["n_heads"], plan, extra_options.get("sigmas") if plan.has_schedule else None, base
+        )
+
+    def _plan(self, ctx: "CallContext", masks) -> "fused.Segments | None":
+        ks, vs, scales, his, los, rows = [], [], [], [], [], []
+        for entry, mask in zip(self.entries, masks):
+            k, v, scale = entry.terms(ctx)
+            if isinstance(scale, float) and scale == 0.0:
+                continue
+            row_scale = torch.full((ctx.batch,), scale, dtype=torch.float32, device=ctx.device) if isinstance(scale, float) else scale.reshape(-1).float()
+            ks.append(k), vs.append(v), scales.append(row_scale)
+            p = entry.prompt
+            his.append(float("inf") if p.sigma_start is None else p.sigma_start)
+            los.append(float("-inf") if p.sigma_end is None else p.sigma_end)
+            rows.append(mask)
+        if not ks:
+            return None
+        if any(t.shape[0] != 1 for t in ks):
+            ks = [t.expand(ctx.batch, -1, -1) for t in ks]
+            vs = [t.expand(ctx.batch, -1, -1) for t in vs]
+        lengths = [t.shape[1] for t in ks]
+        starts = [sum(lengths[:i]) for i in range(len(lengths))]
+        mask = None
+        if any(m is not None for m in rows):
+            n = next(m for m in rows if m is not None).shape[1]
+            mask = torch.stack(
+                [torch.ones(ctx.batch, n, device=ctx.device, dtype=ctx.dtype) if m is None else m[..., 0].expand(ctx.batch, n) for m in rows]
+            ).contiguous()
+        dev = ctx.device
+        return fused.Segments(
+            k=torch.cat(ks, dim=1).contiguous(),
+            v=torch.cat(vs, dim=1).contiguous(),
+            start=torch.tensor(starts, dtype=torch.int32, device=dev),
+            length=torch.tensor(lengths, dtype=torch.int32, device=dev),
+            scale=torch.stack(scales).contiguous(),
+            sigma_hi=torch.tensor(his, dtype=torch.float32, device=dev),
+            sigma_lo=torch.tensor(los, dtype=torch.float32, device=dev),
+            mask=mask,
+            has_schedule=any(hi != float("inf") or lo != float("-inf") for hi, lo in zip(his, los)),
+        )
+
     def __deepcopy__(self, memo):
         return self
 
     def to(self, device_or_dtype):
         if isinstance(device_or_dtype, torch.device):
+            self._fast = {k: v for k, v in self._fast.items() if same_device(k[2], device_or_dtype)}
             for entry in self.entries:
                 entry.prompt.to(device_or_dtype)
         if self.inner is not None and hasattr(self.inner, "to"):
@@ -243,6 +346,9 @@ class Attn2Patch:
         if self.inner is not None and hasattr(self.inner, "models"):
             return self.inner.models()
         return []
+
+
+_MISSING = object()
 
 
 def install(model, layers: Sequence[host.HostLayer], entries_by_layer: dict[int, LayerEntry]) -> None:
