@@ -183,6 +183,7 @@ _FOREIGN_HINTS = (
     ("lora_unet_", "a LoRA (put it in models/loras)"),
     ("control_model.", "a ControlNet (put it in models/controlnet)"),
     ("input_hint_block.", "a ControlNet (put it in models/controlnet)"),
+    ("processor.ip_adapter_double_stream_k_proj.", "an XLabs Flux IP-Adapter (apply it with 'IPAdapter Apply (Flux / SD3.5)')"),
     ("double_blocks.", "a Flux model"),
     ("encoder.down.", "a VAE (put it in models/vae)"),
     ("first_stage_model.", "a VAE or full checkpoint"),

@@ -10,17 +10,31 @@ import json
 import os
 import sys
 
-from .checkpoint import load_adapter_weights
+from .checkpoint import load_adapter_weights, read_layout
 from .detect import describe
+from .dit.detect import check_file_complete, describe_dit, is_dit_state
+from .dit.spec import DitAdapterSpec, format_dit_spec
 from .errors import IPAdapterError
 from .spec import AdapterSpec
 
 
-def inspect_file(path: str) -> AdapterSpec:
+def inspect_file(path: str) -> AdapterSpec | DitAdapterSpec:
+    """Files whose tensor names are a Flux / SD3.5 adapter's are described by ip_adapter_core.dit
+    (from the header: a 5 GB InstantX file is not read); every other file goes through the
+    SD1.5/SDXL path exactly as before, errors included."""
+    try:
+        layout = read_layout(path)
+    except IPAdapterError:
+        layout = None  # the UNet path below reports what is wrong with the file
+    if layout is not None and is_dit_state(layout):
+        check_file_complete(path)
+        return describe_dit(layout, os.path.basename(path))
     return describe(load_adapter_weights(path))
 
 
-def format_spec(spec: AdapterSpec, name: str = "") -> str:
+def format_spec(spec: AdapterSpec | DitAdapterSpec, name: str = "") -> str:
+    if getattr(spec, "is_dit", False):
+        return format_dit_spec(spec, name)
     lines = [f"{name}: {spec.title}" if name else spec.title]
     lines.append(f"  base model:        {spec.base.label}")
     lines.append(f"  projection:        {spec.kind.value}, {spec.tokens} tokens per image")

@@ -28,6 +28,11 @@ class Preset(str, enum.Enum):
     FULL_FACE = "full face - SD1.5 only (portraits stronger)"
     COMPOSITION = "composition (ostris)"
     KOLORS = "kolors plus"
+    # Flux / SD3.5 (DiT) adapters: resolved by ip_adapter_core.dit.presets
+    FLUX_XLABS_V2 = "flux xlabs v2 (CLIP-L, 16 tokens)"
+    FLUX_XLABS_V1 = "flux xlabs v1 (CLIP-L, 4 tokens)"
+    FLUX_INSTANTX = "flux instantx (SigLIP, 128 tokens)"
+    SD35_INSTANTX = "sd3.5 large instantx (SigLIP)"
 
 
 @dataclass(frozen=True)
@@ -72,7 +77,9 @@ def _norm(name: str) -> str:
 
 def rank(preset: Preset, base: BaseModel, candidates: Iterable[tuple[str, AdapterSpec]]) -> list[str]:
     """Names of the files that fit `preset` for a model of `base`, best first."""
-    rule = _RULES[preset]
+    rule = _RULES.get(preset)
+    if rule is None:  # a Flux / SD3.5 preset: see ip_adapter_core.dit.presets
+        return []
     scored = []
     for name, spec in candidates:
         if spec.base is not base or spec.kind is not rule.kind:
@@ -92,11 +99,13 @@ def rank(preset: Preset, base: BaseModel, candidates: Iterable[tuple[str, Adapte
 
 
 def supported(preset: Preset, base: BaseModel) -> bool:
-    return base in _RULES[preset].bases
+    rule = _RULES.get(preset)
+    return rule is not None and base in rule.bases
 
 
 def suggested_file(preset: Preset, base: BaseModel) -> str | None:
-    return (_RULES[preset].suggest or {}).get(base)
+    rule = _RULES.get(preset)
+    return (rule.suggest or {}).get(base) if rule is not None else None
 
 
 def clip_encoder_of(layout: dict[str, torch.Tensor]) -> ImageEncoder | None:

@@ -34,7 +34,12 @@ class ModelLoader(PackNode):
 
     @classmethod
     def run(cls, ipadapter_file: str):
-        return (IPAdapterHandle(load_adapter(paths.adapter_path(ipadapter_file))),)
+        path = paths.adapter_path(ipadapter_file)
+        from . import dit_store  # Flux / SD3.5 adapters (applied by IPAK_ApplyDiT)
+
+        if dit_store.is_dit_file(path):
+            return (IPAdapterHandle(dit_store.load_dit_adapter(path)),)
+        return (IPAdapterHandle(load_adapter(path)),)
 
 
 class UnifiedLoader(PackNode):
@@ -44,10 +49,11 @@ class UnifiedLoader(PackNode):
         category="ipadapter/loaders",
         description="Picks the adapter for a preset and the image encoder it needs among the installed "
         "files, by what the files contain (not by file name), for the connected model's base "
-        "(SD1.5, SDXL, Kolors). If a file is missing it says which one, for which base, and where.",
+        "(SD1.5, SDXL, Kolors; Flux and SD3.5 Large with their presets). If a file is missing it says "
+        "which one, for which base, and where.",
         inputs=lambda: [
             Input("model", "MODEL", "The model the adapter will be applied to; its base (SD1.5/SDXL/Kolors) decides the files."),
-            Input("preset", "COMBO", "Which adapter: light/standard/vit-g use pooled CLIP embeds (4 tokens); plus and face variants use CLIP hidden states (16 or 257 tokens).", default=Preset.STANDARD.value, options=[p.value for p in Preset]),
+            Input("preset", "COMBO", "Which adapter: light/standard/vit-g use pooled CLIP embeds (4 tokens); plus and face variants use CLIP hidden states (16 or 257 tokens); flux/sd3.5 presets pick the XLabs (CLIP-L) or InstantX (SigLIP) adapters.", default=Preset.STANDARD.value, options=[p.value for p in Preset]),
         ],
         outputs=[
             Output("MODEL", "model", "The same model, passed through."),
@@ -57,6 +63,10 @@ class UnifiedLoader(PackNode):
 
     @classmethod
     def run(cls, model, preset: str):
+        from .dit import unified_dit, wants_dit  # Flux / SD3.5 models and presets
+
+        if wants_dit(model, preset):
+            return unified_dit(model, preset)
         preset = Preset(preset)
         layers = host.cross_attention_layers(model)
         family = host.model_family(model, layers)
