@@ -54,7 +54,10 @@ class IPAdapterModel(nn.Module):
                 lora[key] = value
         if dtype is not None:
             state = {k: v.to(dtype) for k, v in state.items()}
-        missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+        try:
+            missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+        except RuntimeError as exc:  # size mismatch
+            raise UnknownLayoutError(f"'{weights.source}': tensors do not fit the {spec.title}: {exc}") from exc
         if missing or unexpected:
             raise UnknownLayoutError(
                 f"'{weights.source}': tensors do not fit the detected {spec.title} "

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -119,7 +120,7 @@ def _read_torch(path: str, name: str) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        detail = str(exc).split("\n")[0]
+        detail = _refused_call(exc)
         raise UnsafeCheckpointError(
             f"Refused to load '{name}': its pickle asks for more than plain tensors "
             f"({detail}). It may contain code; nothing from it was executed. Use the "
@@ -137,6 +138,13 @@ def _read_torch(path: str, name: str) -> dict:
             "IP-Adapter checkpoint."
         )
     return dict(obj)
+
+
+def _refused_call(exc: Exception) -> str:
+    """The call a refused pickle asked for (torch's message, without terminal colours)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    m = re.search(r"(?:Unsupported global: |unsupported )GLOBAL [\w.]+", text)
+    return m.group(0) if m else text.strip().splitlines()[0] if text.strip() else type(exc).__name__
 
 
 def split_adapter_state(state: Mapping, source: str = "<memory>") -> AdapterWeights:

@@ -31,7 +31,12 @@ def describe(weights: AdapterWeights) -> AdapterSpec:
     """Describe an adapter from its tensors. Raises UnknownLayoutError with the closest
     published layouts when the tensors fit no known variant."""
     try:
-        return _describe(weights)
+        try:
+            spec = _describe(weights)
+        except (IndexError, ValueError, TypeError) as exc:  # a tensor with the wrong number of dims
+            raise UnknownLayoutError(f"'{weights.source}': a tensor has an unexpected shape ({exc}).") from exc
+        _check_complete(weights, spec)
+        return spec
     except UnknownLayoutError as exc:
         from .catalog import closest_published
 
@@ -73,6 +78,27 @@ def _describe(weights: AdapterWeights) -> AdapterSpec:
         lora_rank=lora_rank,
         notes=tuple(notes),
     )
+
+
+def _check_complete(weights: AdapterWeights, spec: AdapterSpec) -> None:
+    """Every tensor the described variant has, with its shape, and nothing else."""
+    from .catalog import image_proj_layout, ip_adapter_layout
+
+    problems = []
+    for part, have, want in (
+        ("image_proj", weights.image_proj, image_proj_layout(spec)),
+        ("ip_adapter", weights.ip_adapter, ip_adapter_layout(spec)),
+    ):
+        missing = [k for k in want if k not in have]
+        extra = [k for k in have if k not in want]
+        wrong = [f"{k} {list(have[k].shape)} (expected {list(want[k])})" for k in want if k in have and tuple(have[k].shape) != want[k]]
+        for label, items in (("missing", missing), ("unexpected", extra), ("wrong shape", wrong)):
+            if items:
+                problems.append(f"{part} {label}: {', '.join(items[:4])}{' ...' if len(items) > 4 else ''}")
+    if problems:
+        raise UnknownLayoutError(
+            f"'{weights.source}' looks like a {spec.title} but does not match its layout: " + "; ".join(problems) + "."
+        )
 
 
 def _kv_layers(weights: AdapterWeights) -> tuple[list[int], int]:
