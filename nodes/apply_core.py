@@ -78,6 +78,27 @@ def _project(handle: IPAdapterHandle, embeds: ImageEmbeds, settings: ApplySettin
     return tokens
 
 
+def _distinct_frames(embeds: ImageEmbeds | None) -> tuple[ImageEmbeds | None, tuple[int, ...] | None]:
+    """Unfold: keep one row per distinct reference (schedules repeat each image over many
+    frames) and a frame -> row index, so K/V memory grows with images, not frames."""
+    if embeds is None or embeds.count <= 1:
+        return embeds, None
+    flat = embeds.features.reshape(embeds.count, -1)
+    if embeds.clip_features is not None:
+        flat = torch.cat([flat, embeds.clip_features.reshape(embeds.count, -1)], dim=1)
+    _, inverse = torch.unique(flat, dim=0, return_inverse=True)
+    first: dict[int, int] = {}
+    for frame, row in enumerate(inverse.tolist()):
+        first.setdefault(row, frame)
+    keep = sorted(first.values())
+    if len(keep) == embeds.count:
+        return embeds, None
+    row_of = {frame: n for n, frame in enumerate(keep)}
+    index = tuple(row_of[first[row]] for row in inverse.tolist())
+    clip = embeds.clip_features[keep] if embeds.clip_features is not None else None
+    return ImageEmbeds(embeds.output, embeds.features[keep], clip), index
+
+
 def _layer_kv(handle: IPAdapterHandle, tokens: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
     store = host.storage_device()
     return [(kv.k.float().to(store), kv.v.float().to(store)) for kv in handle.adapter.model.layer_kv(tokens)]
@@ -110,6 +131,12 @@ def apply_embeds(
         return clone
     mask = normalize_mask(settings.attn_mask) if settings.attn_mask is not None else None
 
+    cond_index = uncond_index = alt_index = None
+    if settings.unfold:
+        cond, cond_index = _distinct_frames(cond)
+        uncond, uncond_index = _distinct_frames(uncond)
+        alt, alt_index = _distinct_frames(alt)
+
     host.load_to_device(handle.adapter.patcher)
     with torch.no_grad():
         tok_cond = _project(handle, cond, settings)
@@ -135,6 +162,9 @@ def apply_embeds(
         sigma_end=sigma_end,
         mask=mask.to(host.storage_device()) if mask is not None else None,
         frame_weights=frame_weights,
+        cond_index=cond_index,
+        uncond_index=uncond_index,
+        alt_index=alt_index,
     )
     entries = {
         layer.index: patch.LayerEntry(prompt, layer.index, lw.weight, lw.route, settings.scaling)

@@ -67,6 +67,9 @@ class PreparedPrompt:
     sigma_end: float | None = None
     mask: torch.Tensor | None = None  # [M, H, W] on the storage device
     frame_weights: torch.Tensor | None = None  # [frames], unfold only
+    cond_index: tuple[int, ...] | None = None  # unfold: frame -> row of cond K/V (None: identity)
+    uncond_index: tuple[int, ...] | None = None
+    alt_index: tuple[int, ...] | None = None
     cache: DeviceCache = field(default_factory=DeviceCache)
     _gate_for: object = None
     _gate: torch.Tensor | None = None
@@ -77,14 +80,16 @@ class PreparedPrompt:
         return self
 
     def source(self, layer: int, route: Route, kind: int):
-        """(k, v) a chunk of `kind` attends to on this layer, or None for no contribution."""
+        """(k, v, frame index) a chunk of `kind` attends to on this layer, or None for no
+        contribution. The frame index maps a latent frame to its row of k/v (unfold keeps
+        one row per distinct reference, not one per frame)."""
         if route is Route.NEGATIVE:
-            return self.cond[layer] if kind == UNCOND else None
+            return (*self.cond[layer], self.cond_index) if kind == UNCOND else None
         if kind == UNCOND:
-            return self.uncond[layer]
+            return (*self.uncond[layer], self.uncond_index)
         if route is Route.COMPOSITION and self.alt is not None:
-            return self.alt[layer]
-        return self.cond[layer]
+            return (*self.alt[layer], self.alt_index)
+        return (*self.cond[layer], self.cond_index)
 
     def gate(self, extra_options: dict, dtype: torch.dtype) -> torch.Tensor | None:
         """1 while the current sigma is inside [sigma_end, sigma_start], else 0. On-device:
@@ -168,14 +173,19 @@ class LayerEntry:
                 w = self.weight
                 if p.frame_weights is not None:
                     w = w * float(p.frame_weights[min(frame, p.frame_weights.shape[0] - 1)])
-                i = min(frame, src[0].shape[0] - 1) if (src is not None and p.unfold) else 0
+                i = 0
+                if src is not None and p.unfold:
+                    index = src[2]
+                    i = min(frame, (len(index) if index is not None else src[0].shape[0]) - 1)
+                    if index is not None:
+                        i = index[i]
                 rows.append((src, i, w))
         ks, vs, scales = [], [], []
         for src, i, w in rows:
-            k, v = src if src is not None else p.cond[self.layer]
+            k, v = src[:2] if src is not None else p.cond[self.layer]
             k_i, v_i, out_scale = scale_kv(k[i : i + 1], v[i : i + 1], w, self.scaling)
             ks.append(k_i), vs.append(v_i), scales.append(out_scale if src is not None else 0.0)
-        if len({(id(src), i, w) for src, i, w in rows}) == 1:
+        if len({(id(src[0]) if src else None, i, w) for src, i, w in rows}) == 1:
             # Every row attends to the same tokens (the usual case): let attention broadcast.
             return ks[0].to(device, dtype), vs[0].to(device, dtype), scales[0]
         k_all = torch.cat(ks).to(device, dtype)

@@ -198,3 +198,25 @@ def test_patch_is_shared_not_copied_and_moves_with_to():
     assert prompt.cache._data  # K/V placed for this device
     assert p.to(torch.device("meta")) is p
     assert not prompt.cache._data and not p._fast  # cached copies for other devices were dropped
+
+
+def test_unfold_keeps_one_kv_row_per_distinct_reference():
+    """300 frames made of 3 images (a weight schedule) store 3 rows of K/V, not 300."""
+    from ipadapter_kit.nodes.apply_core import _distinct_frames
+    from ipadapter_kit.nodes.encoding import ImageEmbeds
+    from ipadapter_kit.ip_adapter_core.spec import EncoderOutput
+
+    images = torch.randn(3, 8)
+    frames = images[torch.tensor([i // 100 for i in range(300)])]
+    unique, index = _distinct_frames(ImageEmbeds(EncoderOutput.IMAGE_EMBEDS, frames))
+    assert unique.count == 3 and len(index) == 300
+    assert all(torch.equal(unique.features[index[f]], frames[f]) for f in range(0, 300, 7))
+    prompt = _prompt(n_cond=3, unfold=True, cond_index=tuple(index))
+    p = patch.Attn2Patch(_layer(), (patch.LayerEntry(prompt, 0, 1.0),))
+    q, k, v = _qkv(2)
+    out = p(q, k, v, _extra([0], ad_params={"sub_idxs": [150, 299], "full_length": 300}))
+    kc, vc = prompt.cond[0]
+    expect = _sdpa(q, k, v)
+    expect[0] += _sdpa(q[:1], kc[1:2], vc[1:2])[0]
+    expect[1] += _sdpa(q[1:], kc[2:3], vc[2:3])[0]
+    torch.testing.assert_close(out, expect, atol=1e-5, rtol=1e-5)

@@ -88,7 +88,7 @@ def test_precise_style_transfer_negates_the_composition_layers(setup):
             (e,) = entries
             assert e.route is Route.NEGATIVE and e.weight == pytest.approx(2.0 * COMPOSITION[arch][t])
             assert e.prompt.source(layer.index, e.route, COND) is None  # cond half: nothing
-            assert e.prompt.source(layer.index, e.route, UNCOND) is e.prompt.cond[layer.index]  # uncond half: the image
+            assert e.prompt.source(layer.index, e.route, UNCOND)[0] is e.prompt.cond[layer.index][0]  # uncond half: the image
         elif t in STYLE[arch]:
             assert entries[0].route is Route.NORMAL and entries[0].weight == pytest.approx(1.0)
         else:
