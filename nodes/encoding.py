@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import enum
+import hashlib
 import inspect
 import logging
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -50,12 +52,15 @@ def validate_images(image, what: str = "image") -> torch.Tensor:
     if image.ndim == 3:
         image = image[None]
     if image.ndim != 4:
-        raise ImageInputError(f"{what} must be [batch, height, width, channels]; got shape {list(image.shape)}.")
+        raise ImageInputError(
+            f"{what} must be [batch, height, width, channels]; got shape {list(image.shape)}. Connect an IMAGE "
+            "output (e.g. Load Image) here."
+        )
     b, h, w, c = image.shape
     if b == 0:
         raise ImageInputError(f"{what} is an empty batch (0 images). Connect at least one image.")
     if h == 0 or w == 0:
-        raise ImageInputError(f"{what} has no pixels (shape {list(image.shape)}).")
+        raise ImageInputError(f"{what} has no pixels (shape {list(image.shape)}); check the node that made it (a crop or resize to 0 px?).")
     if max(h, w) > MAX_SIDE:
         raise ImageInputError(
             f"{what} is {w}x{h} pixels; the encoder looks at {224}-{336} px, so anything over "
@@ -66,7 +71,7 @@ def validate_images(image, what: str = "image") -> torch.Tensor:
     elif c == 4:
         image = image[..., :3]
     elif c != 3:
-        raise ImageInputError(f"{what} has {c} channels; expected 1 (grey), 3 (RGB) or 4 (RGBA).")
+        raise ImageInputError(f"{what} has {c} channels; expected 1 (grey), 3 (RGB) or 4 (RGBA). Convert it to RGB first.")
     image = image.float()
     if not torch.isfinite(image).all():
         raise ImageInputError(f"{what} contains NaN or infinite pixel values; check the node that made it.")
@@ -106,6 +111,7 @@ def clip_image_size(clip_vision) -> int:
 def encode_clip(clip_vision, image: torch.Tensor, output: EncoderOutput, crop: CropMode, batch_size: int = 0) -> torch.Tensor:
     """CLIP features of every image; `batch_size` > 0 encodes in chunks (long videos)."""
     image = validate_images(image)
+    image, index = _distinct_images(image)
     image = to_square(image, crop, clip_image_size(clip_vision))
     chunks = [image] if batch_size <= 0 else list(image.split(batch_size))
     feats = []
@@ -115,7 +121,23 @@ def encode_clip(clip_vision, image: torch.Tensor, output: EncoderOutput, crop: C
         feats.append(out["image_embeds"] if output is EncoderOutput.IMAGE_EMBEDS else out["penultimate_hidden_states"])
         if bar is not None:
             bar.update(1)
-    return torch.cat(feats).to(mm.intermediate_device())
+    features = torch.cat(feats).to(mm.intermediate_device())
+    return features if index is None else features[index]
+
+
+def _distinct_images(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Encode each distinct picture once: schedules repeat every reference over many frames."""
+    if image.shape[0] <= 1:
+        return image, None
+    seen: dict[bytes, int] = {}
+    index = []
+    for frame in image:
+        digest = hashlib.blake2b(frame.contiguous().cpu().numpy().tobytes(), digest_size=16).digest()
+        index.append(seen.setdefault(digest, len(seen)))
+    if len(seen) == image.shape[0]:
+        return image, None
+    firsts = sorted({row: i for i, row in reversed(list(enumerate(index)))}.items())
+    return image[[i for _, i in firsts]], torch.tensor(index)
 
 
 def _progress(total: int):
@@ -127,8 +149,22 @@ def _progress(total: int):
     return comfy.utils.ProgressBar(total)
 
 
+_zero_features: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
 def zero_pixel_features(clip_vision, output: EncoderOutput) -> torch.Tensor:
-    """Features of an all-zero normalised image, the reference implementations' uncond input."""
+    """Features of an all-zero normalised image, the reference implementations' uncond input
+    (computed once per encoder and output kind)."""
+    try:
+        per_encoder = _zero_features.setdefault(clip_vision, {})
+    except TypeError:  # not weak-referenceable
+        per_encoder = {}
+    if output not in per_encoder:
+        per_encoder[output] = _zero_pixel_features(clip_vision, output)
+    return per_encoder[output]
+
+
+def _zero_pixel_features(clip_vision, output: EncoderOutput) -> torch.Tensor:
     size = clip_image_size(clip_vision)
     if hasattr(clip_vision, "encode_pixels"):  # HF folder encoder
         out = clip_vision.encode_pixels(torch.zeros(1, 3, size, size))
