@@ -21,7 +21,11 @@ def meta_state(specs):
 
 @pytest.mark.parametrize(
     "cfg, bundled",
-    [(cv.VIT_H, "clip_vision_config_h.json"), (cv.VIT_BIGG, "clip_vision_config_g.json"), (cv.VIT_L_336, "clip_vision_config_vitl_336.json")],
+    [
+        (cv.VIT_H, "clip_vision_config_h.json"),
+        (cv.VIT_BIGG, "clip_vision_config_g.json"),
+        (cv.VIT_L_336, "clip_vision_config_vitl_336.json"),
+    ],
     ids=["vit-h", "vit-bigg", "vit-l-336"],
 )
 def test_comfy_json_equals_bundled_config(comfy, cfg, bundled):
@@ -81,3 +85,18 @@ def test_full_vit_h_file_is_detected(comfy):
     assert tuple(out["image_embeds"].shape) == (1, 1024)
     assert tuple(out["penultimate_hidden_states"].shape) == (1, 257, 1280)
     assert torch.isfinite(out["image_embeds"]).all()
+
+
+def test_models_dir_registers_and_restores_folders(comfy, tmp_path):
+    folder_paths = comfy.folder_paths
+    names = ("ipadapter", "clip_vision", "checkpoints", "controlnet")
+    before = {name: folder_paths.folder_names_and_paths.get(name) for name in names}
+    with comfy.models_dir(tmp_path) as root:
+        for name in names:
+            (root / name / f"probe-{name}.safetensors").write_bytes(b"")
+            assert folder_paths.get_folder_paths(name)[0] == str(root / name)
+            assert f"probe-{name}.safetensors" in folder_paths.get_filename_list(name)
+    for name in names:
+        assert folder_paths.folder_names_and_paths.get(name) == before[name]
+        if before[name] is not None:
+            assert f"probe-{name}.safetensors" not in folder_paths.get_filename_list(name)
