@@ -9,8 +9,10 @@ unpickler for anything beyond plain tensors is refused and nothing in it runs.
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
+import pickletools
 import re
 import struct
 from collections.abc import Mapping
@@ -56,10 +58,11 @@ def read_tensors(path: str | os.PathLike) -> tuple[dict, dict[str, str]]:
         )
     with open(path, "rb") as fh:
         head = fh.read(16)
-    if head.startswith(_ZIP_MAGIC) or head[:1] == bytes([_PICKLE_PROTOCOL]):
-        return _read_torch(path, name), {}
+    # safetensors first: a header length whose low byte is 0x80 starts like a pickle
     if _looks_like_safetensors(head, size):
         return _read_safetensors(path, name, size)
+    if head.startswith(_ZIP_MAGIC) or head[:1] == bytes([_PICKLE_PROTOCOL]):
+        return _read_torch(path, name), {}
     raise UnreadableCheckpointError(
         f"'{name}' is neither a safetensors file nor a PyTorch checkpoint (first bytes: "
         f"{head[:8]!r}). If it is an HTML page or a Git LFS pointer, the download went wrong; "
@@ -84,22 +87,8 @@ def _read_safetensors(path: str, name: str, size: int) -> tuple[dict, dict[str, 
                 f"'{name}' is truncated: its header needs {8 + header_len} bytes but the file "
                 f"has {size}. Download the file again."
             )
-        try:
-            header = json.loads(fh.read(header_len))
-        except ValueError as exc:
-            raise UnreadableCheckpointError(f"'{name}' has a corrupt safetensors header ({exc}).") from exc
-    if not isinstance(header, dict):
-        raise UnreadableCheckpointError(f"'{name}' has a corrupt safetensors header (not a JSON object).")
-    data_end = 0
-    for key, info in header.items():
-        if key == "__metadata__":
-            continue
-        try:
-            data_end = max(data_end, int(info["data_offsets"][1]))
-        except (TypeError, KeyError, IndexError, ValueError) as exc:
-            raise UnreadableCheckpointError(
-                f"'{name}' has a corrupt safetensors header (entry '{key}')."
-            ) from exc
+        entries = _header_entries(fh.read(header_len), name)
+    data_end = max((end for _, _, (_, end) in entries.values()), default=0)
     if 8 + header_len + data_end > size:
         raise UnreadableCheckpointError(
             f"'{name}' is truncated: {size} bytes on disk, {8 + header_len + data_end} expected. "
@@ -112,24 +101,89 @@ def _read_safetensors(path: str, name: str, size: int) -> tuple[dict, dict[str, 
             for key in f.keys():
                 tensors[key] = f.get_tensor(key)
     except Exception as exc:  # safetensors raises its own error types for bad files
-        raise UnreadableCheckpointError(f"'{name}' is not a valid safetensors file: {exc}") from exc
+        raise UnreadableCheckpointError(
+            f"'{name}' is not a valid safetensors file ({exc}). Download the file again."
+        ) from exc
     return tensors, metadata
 
 
-def _read_torch(path: str, name: str) -> dict:
+_PICKLE_OPCODES = frozenset(ord(op.code) for op in pickletools.opcodes)
+
+
+def _damaged_pickle(exc: Exception) -> str | None:
+    """What is broken when torch's safe unpickler stopped at bytes no pickle writer makes
+    (rather than at a pickle feature it refuses, e.g. protocol 4 framing or a global)."""
+    text = str(exc)
+    m = re.search(r"Unsupported operand (\d+)", text)
+    if m and int(m.group(1)) not in _PICKLE_OPCODES:
+        return f"byte {int(m.group(1))} is not a pickle instruction"
+    m = re.search(r"pickle data was truncated|ran out of input|unpickling stack underflow", text, re.I)
+    return m.group(0) if m else None
+
+
+def _header_entries(raw: bytes, name: str) -> dict[str, tuple[str, list[int], tuple[int, int]]]:
+    """{key: (dtype code, shape, (begin, end))} of a safetensors header, or a clear error for
+    anything a writer would not produce (the library's own errors are less helpful)."""
+
+    def corrupt(detail: str) -> UnreadableCheckpointError:
+        return UnreadableCheckpointError(
+            f"'{name}' has a corrupt safetensors header ({detail}). Download the file again."
+        )
+
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        header = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise corrupt(str(exc)[:200] if isinstance(exc, ValueError) else "nested too deeply") from None
+    if not isinstance(header, dict):
+        raise corrupt("not a JSON object")
+    out = {}
+    for key, info in header.items():
+        if key == "__metadata__":
+            if not isinstance(info, dict):
+                raise corrupt("'__metadata__' is not a JSON object")
+            continue
+        if not isinstance(info, dict):
+            raise corrupt(f"entry '{key[:80]}' is not a JSON object")
+        dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+        if not isinstance(dtype, str):
+            raise corrupt(f"entry '{key[:80]}' has no dtype")
+        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+            raise corrupt(f"entry '{key[:80]}' has the shape {str(shape)[:40]}")
+        if (
+            not isinstance(offsets, list) or len(offsets) != 2 or not all(type(o) is int for o in offsets)
+            or not 0 <= offsets[0] <= offsets[1]
+        ):
+            raise corrupt(f"entry '{key[:80]}' has the data offsets {str(offsets)[:40]}")
+        size = _ST_DTYPES[dtype].itemsize if dtype in _ST_DTYPES else None
+        if size is not None and math.prod(shape) * size != offsets[1] - offsets[0]:
+            nbytes = offsets[1] - offsets[0]
+            raise corrupt(f"entry '{key[:80]}': shape {str(shape)[:40]} does not match its {nbytes} bytes")
+        out[key] = (dtype, shape, (offsets[0], offsets[1]))
+    return out
+
+
+def _read_torch(path: str, name: str, map_location: str = "cpu") -> dict:
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         detail = _refused_call(exc)
+        damage = None if "GLOBAL" in detail else _damaged_pickle(exc)
+        if damage:  # a damaged pickle, not a request for code
+            raise UnreadableCheckpointError(
+                f"'{name}' is a corrupt PyTorch file ({damage}); nothing from it was executed. Download it again."
+            ) from exc
         raise UnsafeCheckpointError(
             f"Refused to load '{name}': its pickle asks for more than plain tensors "
             f"({detail}). It may contain code; nothing from it was executed. Use the "
             ".safetensors release of this model, or a file from a source you trust converted "
             "to safetensors."
         ) from exc
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError) as exc:
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any other failure of torch.load means a damaged file
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise UnreadableCheckpointError(
-            f"'{name}' is a corrupt or truncated PyTorch file ({str(exc).splitlines()[0]}). "
+            f"'{name}' is a corrupt or truncated PyTorch file ({first}). "
             "Download it again."
         ) from exc
     if not isinstance(obj, Mapping):
@@ -229,7 +283,10 @@ def read_layout(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     Safetensors: from the header. Torch files: unpickled (weights only) onto the meta device."""
     path = os.fspath(path)
     name = os.path.basename(path)
-    size = os.path.getsize(path)
+    try:
+        size = os.path.getsize(path)
+    except OSError as exc:
+        raise UnreadableCheckpointError(f"Cannot open '{path}': {exc.strerror or exc}.") from exc
     if size == 0:
         raise UnreadableCheckpointError(f"'{name}' is empty (0 bytes). Download it again.")
     with open(path, "rb") as fh:
@@ -239,28 +296,19 @@ def read_layout(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             (header_len,) = struct.unpack("<Q", fh.read(8))
             if 8 + header_len > size:
                 raise UnreadableCheckpointError(f"'{name}' is truncated. Download it again.")
+            entries = _header_entries(fh.read(header_len), name)
             try:
-                header = json.loads(fh.read(header_len))
-            except ValueError as exc:
-                raise UnreadableCheckpointError(f"'{name}' has a corrupt safetensors header ({exc}).") from exc
-            out = {}
-            for key, info in header.items():
-                if key == "__metadata__":
-                    continue
-                dtype = _ST_DTYPES.get(info.get("dtype"), torch.float16)
-                out[key] = torch.empty(info.get("shape", []), dtype=dtype, device="meta")
-            return out
+                return {
+                    key: torch.empty(shape, dtype=_ST_DTYPES.get(dtype, torch.float16), device="meta")
+                    for key, (dtype, shape, _) in entries.items()
+                }
+            except RuntimeError as exc:  # dimensions too large to index
+                raise UnreadableCheckpointError(
+                    f"'{name}' has a corrupt safetensors header ({exc}). Download the file again."
+                ) from exc
     if not (head.startswith(_ZIP_MAGIC) or head[:1] == bytes([_PICKLE_PROTOCOL])):
         raise UnreadableCheckpointError(f"'{name}' is neither a safetensors file nor a PyTorch checkpoint.")
-    try:
-        obj = torch.load(path, map_location="meta", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise UnsafeCheckpointError(f"Refused to read '{name}': its pickle asks for more than plain tensors.") from exc
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError) as exc:
-        raise UnreadableCheckpointError(f"'{name}' is a corrupt or truncated PyTorch file.") from exc
-    if not isinstance(obj, Mapping):
-        raise NotAnAdapterError(f"'{name}' holds a {type(obj).__name__}, not a dictionary of tensors.")
-    return dict(obj)
+    return _read_torch(path, name, map_location="meta")
 
 
 def load_adapter_layout(path: str | os.PathLike) -> AdapterWeights:

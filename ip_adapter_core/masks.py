@@ -22,12 +22,17 @@ def normalize_mask(mask: torch.Tensor) -> torch.Tensor:
     elif m.ndim == 4 and m.shape[1] == 1:
         m = m[:, 0]
     if m.ndim != 3:
-        raise MaskInputError(f"attn_mask must be [height, width] or [batch, height, width]; got shape {list(mask.shape)}.")
+        raise MaskInputError(
+            f"attn_mask must be [height, width] or [batch, height, width]; got shape {list(mask.shape)}. Connect a "
+            "MASK (e.g. from Load Image (as Mask) or Solid Mask)."
+        )
     if m.shape[0] == 0 or m.shape[1] == 0 or m.shape[2] == 0:
-        raise MaskInputError(f"attn_mask is empty (shape {list(mask.shape)}).")
+        raise MaskInputError(
+            f"attn_mask is empty (shape {list(mask.shape)}); connect a mask with at least one pixel, or disconnect it."
+        )
     m = m.float()
     if not torch.isfinite(m).all():
-        raise MaskInputError("attn_mask contains NaN or infinite values.")
+        raise MaskInputError("attn_mask contains NaN or infinite values; check the node that made it.")
     return m.clamp(0.0, 1.0)
 
 

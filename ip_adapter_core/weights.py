@@ -131,24 +131,29 @@ def resolve_layer_weights(
         result.append(LayerWeight(w, route))
     if layer_weights.strip():
         factors = parse_layer_weights(layer_weights, layers)
-        result = [LayerWeight(lw.weight * factors[i], lw.route) for i, lw in enumerate(result)]
+        if factors is not None:
+            result = [LayerWeight(lw.weight * factors[i], lw.route) for i, lw in enumerate(result)]
     return result
 
 
 _PAIR = re.compile(r"^\s*(\*|\d+)(?:\.(\d+))?\s*:\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$")
 
 
-def parse_layer_weights(text: str, layers: Sequence[CrossAttnLayer]) -> list[float]:
+def parse_layer_weights(text: str, layers: Sequence[CrossAttnLayer]) -> list[float] | None:
     """Parse "t:w, t:w" (t = transformer index, or "t.i" for block i inside it, "*" for
     every other layer) into a multiplier per layer. Unlisted layers get the "*" value, 0 by
-    default, so "3:1, 6:1" patches only t3 and t6 (as the incumbent's layer_weights did)."""
+    default, so "3:1, 6:1" patches only t3 and t6 (as the incumbent's layer_weights did).
+    A text with no entries at all (only separators: ",", ";") is None: no per-layer weights,
+    rather than every layer at the default 0 (an adapter silently switched off)."""
     count = transformer_count(layers)
     default = 0.0
     by_t: dict[int, float] = {}
     by_ti: dict[tuple[int, int], float] = {}
+    entries = 0
     for raw in re.split(r"[,\n;]", text):
         if not raw.strip():
             continue
+        entries += 1
         m = _PAIR.match(raw)
         if not m:
             raise WeightSpecError(
@@ -175,6 +180,8 @@ def parse_layer_weights(text: str, layers: Sequence[CrossAttnLayer]) -> list[flo
             if int(sub) >= depth:
                 raise WeightSpecError(f"layer_weights: transformer {t} has {depth} block(s); '{raw.strip()}' is out of range.")
             by_ti[(t, int(sub))] = value
+    if entries == 0:
+        return None
     out = []
     for layer in layers:
         key = (layer.transformer_index, layer.block_index)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from ..ip_adapter_core.embeds import CombineMethod, EmbedsScaling
-from ..ip_adapter_core.errors import InvalidInputError
+from ..ip_adapter_core.errors import InvalidInputError, WeightSpecError
+from ..ip_adapter_core.spec import AdapterSpec
 from ..ip_adapter_core.weights import WeightType
+from . import host
 from ._api import Input, NodeSpec, Output, PackNode
 from .apply_core import ApplySettings, apply_embeds
 from .encoding import CropMode, ImageEmbeds, embeds_from_images, validate_images
@@ -39,17 +41,34 @@ LAYER_WEIGHTS = Input(
 CROP = Input("crop", "COMBO", "Non-square references: center = crop to a square; pad = fit inside a square; squash = stretch to a square.", optional=True, default=CropMode.CENTER.value, options=[m.value for m in CropMode])
 
 
+def _option(enum_type, value, what: str, error=InvalidInputError):
+    """A combo value as its enum, or an error listing the valid values (old workflows and
+    Python callers can pass names the validator never saw)."""
+    try:
+        return enum_type(value)
+    except ValueError:
+        choices = ", ".join(repr(m.value) for m in enum_type)
+        raise error(f"{what} {value!r} is not one of {choices}; pick one of those in the node.") from None
+
+
 def _settings(weight, weight_type, start_at, end_at, embeds_scaling, combine_embeds=CombineMethod.CONCAT.value, attn_mask=None, layer_weights=""):
     return ApplySettings(
         weight=float(weight),
-        weight_type=WeightType(weight_type),
+        weight_type=_option(WeightType, weight_type, "weight_type", WeightSpecError),
         start_at=float(start_at),
         end_at=float(end_at),
-        combine=CombineMethod(combine_embeds),
-        scaling=EmbedsScaling(embeds_scaling),
+        combine=_option(CombineMethod, combine_embeds, "combine_embeds"),
+        scaling=_option(EmbedsScaling, embeds_scaling, "embeds_scaling"),
         attn_mask=attn_mask,
         layer_weights=layer_weights or "",
     )
+
+
+def check_model(model, ipadapter) -> None:
+    """Refuse an adapter made for another base model before any image is encoded (the base
+    model is the first thing to fix; a wrong encoder would otherwise be reported first)."""
+    if isinstance(ipadapter.spec, AdapterSpec):
+        host.check_adapter_fits(ipadapter.spec, model, host.cross_attention_layers(model), ipadapter.adapter.name)
 
 
 class Apply(PackNode):
@@ -78,10 +97,11 @@ class Apply(PackNode):
             image_negative=None, attn_mask=None, clip_vision=None, layer_weights="", crop=CropMode.CENTER.value):
         settings = _settings(weight, weight_type, start_at, end_at, embeds_scaling, combine_embeds, attn_mask, layer_weights)
         settings.validate()
+        check_model(model, ipadapter)
         clip = clip_vision if clip_vision is not None else ipadapter.clip_vision
         cond, uncond = embeds_from_images(
             ipadapter.spec, clip, validate_images(image), None if image_negative is None else validate_images(image_negative, "image_negative"),
-            CropMode(crop), ipadapter.adapter.name,
+            _option(CropMode, crop, "crop"), ipadapter.adapter.name,
         )
         return (apply_embeds(model, ipadapter, cond, uncond, settings),)
 
@@ -113,7 +133,7 @@ class EncodeImage(PackNode):
         clip = clip_vision if clip_vision is not None else ipadapter.clip_vision
         cond, uncond = embeds_from_images(
             ipadapter.spec, clip, validate_images(image), None if image_negative is None else validate_images(image_negative, "image_negative"),
-            CropMode(crop), ipadapter.adapter.name, batch_size=int(encode_batch_size),
+            _option(CropMode, crop, "crop"), ipadapter.adapter.name, batch_size=int(encode_batch_size),
         )
         return cond, uncond
 

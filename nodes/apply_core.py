@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from ..ip_adapter_core.embeds import CombineMethod, EmbedsScaling, combine
-from ..ip_adapter_core.errors import InvalidInputError, WeightSpecError
+from ..ip_adapter_core.errors import EncoderMismatchError, InvalidInputError, WeightSpecError
 from ..ip_adapter_core.masks import normalize_mask
 from ..ip_adapter_core.weights import WeightType, resolve_layer_weights
 from . import host, patch
@@ -42,7 +42,7 @@ class ApplySettings:
         for name in ("weight", "start_at", "end_at", "faceid_v2_scale"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise WeightSpecError(f"{name} must be a finite number, got {value!r}.")
+                raise WeightSpecError(f"{name} must be a finite number, got {value!r}; set a number in the node.")
         if self.weight_composition is not None and not math.isfinite(self.weight_composition):
             raise WeightSpecError(f"the composition/boost weight must be finite, got {self.weight_composition!r}.")
         if not (0.0 <= self.start_at <= 1.0 and 0.0 <= self.end_at <= 1.0):
@@ -99,6 +99,17 @@ def _distinct_frames(embeds: ImageEmbeds | None) -> tuple[ImageEmbeds | None, tu
     return ImageEmbeds(embeds.output, embeds.features[keep], clip), index
 
 
+def _check_negative_count(uncond: ImageEmbeds, count: int, what: str) -> None:
+    """With concat, each image's tokens sit side by side: the negative must be one image (used
+    for every slot) or one per image, or the two token sequences cannot line up."""
+    if uncond.count not in (1, count):
+        raise InvalidInputError(
+            f"The negative (image_negative / neg_embeds) holds {uncond.count} images but there are {count} "
+            f"{what} images, and combine_embeds is 'concat' (the images' tokens side by side). Use 1 negative "
+            f"image, {count} of them, or another combine_embeds method."
+        )
+
+
 def _layer_kv(handle: IPAdapterHandle, tokens: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
     store = host.storage_device()
     return [(kv.k.float().to(store), kv.v.float().to(store)) for kv in handle.adapter.model.layer_kv(tokens)]
@@ -117,11 +128,17 @@ def apply_embeds(
     spec, name = handle.spec, handle.adapter.name
     layers = host.cross_attention_layers(model)
     host.check_adapter_fits(spec, model, layers, name)
-    if cond.output is not spec.encoder_output:
-        raise InvalidInputError(
-            f"'{name}' needs {spec.encoder_output.value} but the embeds hold {cond.output.value}; encode the "
-            "image with this adapter (or one of the same kind)."
-        )
+    for which, embeds in (("pos_embeds", cond), ("neg_embeds", uncond), ("composition embeds", alt)):
+        if embeds is not None and embeds.output is not spec.encoder_output:
+            clip = spec.clip_encoder
+            source = f"the {spec.encoder.value} image encoder"
+            if clip is not None and not spec.needs_face:
+                source += f" ('{clip.file_name}')"
+            raise EncoderMismatchError(
+                f"'{name}' ({spec.title}) needs {spec.encoder_output.value} from {source}, but the {which} hold "
+                f"{embeds.output.value}: they were encoded for another kind of adapter. Encode the image with "
+                "IPAdapter Encode Image using this adapter."
+            )
     weights = resolve_layer_weights(
         settings.weight_type, layers, settings.weight, settings.weight_composition, settings.layer_weights
     )
@@ -137,15 +154,23 @@ def apply_embeds(
         uncond, uncond_index = _distinct_frames(uncond)
         alt, alt_index = _distinct_frames(alt)
 
+    count = cond.count if (settings.combine is CombineMethod.CONCAT and not settings.unfold) else None
+    alt_count = alt.count if (alt is not None and count is not None and alt.count != count) else None
+    if count is not None:
+        _check_negative_count(uncond, count, "reference")
+    if alt_count is not None:
+        _check_negative_count(uncond, alt_count, "composition")
+
     host.load_to_device(handle.adapter.patcher)
     with torch.no_grad():
         tok_cond = _project(handle, cond, settings)
-        count = cond.count if (settings.combine is CombineMethod.CONCAT and not settings.unfold) else None
         tok_uncond = _project(handle, uncond, settings, count)
         tok_alt = _project(handle, alt, settings) if alt is not None else None
         kv_cond = _layer_kv(handle, tok_cond)
         kv_uncond = _layer_kv(handle, tok_uncond)
         kv_alt = _layer_kv(handle, tok_alt) if tok_alt is not None else None
+        # concat: the negative is a token sequence as long as the one it stands against
+        kv_alt_uncond = _layer_kv(handle, _project(handle, uncond, settings, alt_count)) if alt_count else None
 
     sigma_start = sigma_end = None
     if (settings.start_at, settings.end_at) != (0.0, 1.0):
@@ -157,6 +182,7 @@ def apply_embeds(
         cond=kv_cond,
         uncond=kv_uncond,
         alt=kv_alt,
+        alt_uncond=kv_alt_uncond,
         unfold=settings.unfold,
         sigma_start=sigma_start,
         sigma_end=sigma_end,

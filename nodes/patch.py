@@ -62,6 +62,7 @@ class PreparedPrompt:
     cond: list[tuple[torch.Tensor, torch.Tensor]]
     uncond: list[tuple[torch.Tensor, torch.Tensor]]
     alt: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+    alt_uncond: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # negative sized like alt (concat)
     unfold: bool = False
     sigma_start: float | None = None  # None: active over the whole schedule
     sigma_end: float | None = None
@@ -75,6 +76,7 @@ class PreparedPrompt:
     _gate: torch.Tensor | None = None
     _gated: dict = field(default_factory=dict)
     _warned_aspect: bool = False
+    _aspect_checked: set = field(default_factory=set)
 
     def __deepcopy__(self, memo):
         return self
@@ -86,6 +88,8 @@ class PreparedPrompt:
         if route is Route.NEGATIVE:
             return (*self.cond[layer], self.cond_index) if kind == UNCOND else None
         if kind == UNCOND:
+            if route is Route.COMPOSITION and self.alt_uncond is not None:
+                return (*self.alt_uncond[layer], self.uncond_index)
             return (*self.uncond[layer], self.uncond_index)
         if route is Route.COMPOSITION and self.alt is not None:
             return (*self.alt[layer], self.alt_index)
@@ -238,18 +242,22 @@ class LayerEntry:
 
     def _grid(self, n_tokens: int, extra_options: dict) -> tuple[int, int]:
         shape = extra_options.get("activations_shape")
-        if shape is not None and len(shape) == 4 and shape[-1] * shape[-2] == n_tokens:
-            return int(shape[-2]), int(shape[-1])
         original = extra_options.get("original_shape")
-        latent_hw = (int(original[-2]), int(original[-1])) if original is not None else (n_tokens, 1)
-        grid = token_grid(n_tokens, latent_hw)
+        latent_hw = (int(original[-2]), int(original[-1])) if original is not None else None
+        if shape is not None and len(shape) == 4 and shape[-1] * shape[-2] == n_tokens:
+            grid = int(shape[-2]), int(shape[-1])
+        else:
+            grid = token_grid(n_tokens, latent_hw or (n_tokens, 1))
         p = self.prompt
-        if not p._warned_aspect and aspect_mismatch(tuple(p.mask.shape[-2:]), latent_hw):
-            p._warned_aspect = True
-            log.warning(
-                "IPAdapter attn_mask is %dx%d but the latent is %dx%d: the mask is stretched to the "
-                "latent's aspect ratio.", p.mask.shape[-1], p.mask.shape[-2], latent_hw[1], latent_hw[0]
-            )
+        seen = latent_hw or grid
+        if seen not in p._aspect_checked:  # once per latent size (hosts with and without activations_shape)
+            p._aspect_checked.add(seen)
+            if not p._warned_aspect and aspect_mismatch(tuple(p.mask.shape[-2:]), seen):
+                p._warned_aspect = True
+                log.warning(
+                    "IPAdapter attn_mask is %dx%d but the latent is %dx%d: the mask is stretched to the "
+                    "latent's aspect ratio.", p.mask.shape[-1], p.mask.shape[-2], seen[1], seen[0]
+                )
         return grid
 
 
