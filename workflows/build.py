@@ -403,6 +403,31 @@ def docs_markdown(graphs: list[Graph]) -> str:
     return "\n".join(lines)
 
 
+README = REPO / "README.md"
+README_START, README_END = "<!-- workflows:start -->", "<!-- workflows:end -->"
+
+
+def readme_block(graphs: list[Graph]) -> str:
+    """The README's workflow gallery: a picture and one line per workflow."""
+    lines = [README_START, ""]
+    for g in graphs:
+        lines += [f"**{g.title}** (`{g.name}`): {g.description}", "",
+                  f"![{g.name} in ComfyUI](docs/img/workflow_{g.name}.png)", ""]
+    lines.append(README_END)
+    return "\n".join(lines)
+
+
+def readme_text(graphs: list[Graph]) -> str | None:
+    """README.md with its gallery regenerated (None when it has no gallery markers)."""
+    if not README.is_file():
+        return None
+    text = README.read_text()
+    start, end = text.find(README_START), text.find(README_END)
+    if start < 0 or end < start:
+        return None
+    return text[:start] + readme_block(graphs) + text[end + len(README_END):]
+
+
 def rendered_files(object_info: dict | None = None) -> dict[Path, str]:
     """Every generated file (path -> text) for the current sources."""
     graphs = source.all_graphs()
@@ -415,6 +440,9 @@ def rendered_files(object_info: dict | None = None) -> dict[Path, str]:
         files[UI_DIR / f"{g.name}.json"] = dumps(ui)
         files[API_DIR / f"{g.name}.json"] = dumps(api)
     files[DOCS] = docs_markdown(graphs)
+    readme = readme_text(graphs)
+    if readme is not None:
+        files[README] = readme
     return files
 
 
