@@ -44,30 +44,38 @@ class AdapterWeights:
         )
 
 
-def read_tensors(path: str | os.PathLike) -> tuple[dict, dict[str, str]]:
-    """Return (state dict, metadata) of a safetensors or torch file, refusing unsafe pickles."""
-    path = os.fspath(path)
+def _sniff(path: str) -> tuple[str, int, bool]:
+    """(file name, size, is safetensors) of a readable, non-empty checkpoint file."""
     name = os.path.basename(path)
     try:
         size = os.path.getsize(path)
+        with open(path, "rb") as fh:
+            head = fh.read(16)
     except OSError as exc:
         raise UnreadableCheckpointError(f"Cannot open '{path}': {exc.strerror or exc}.") from exc
     if size == 0:
         raise UnreadableCheckpointError(
             f"'{name}' is empty (0 bytes). The download probably failed; download the file again."
         )
-    with open(path, "rb") as fh:
-        head = fh.read(16)
     # safetensors first: a header length whose low byte is 0x80 starts like a pickle
     if _looks_like_safetensors(head, size):
-        return _read_safetensors(path, name, size)
+        return name, size, True
     if head.startswith(_ZIP_MAGIC) or head[:1] == bytes([_PICKLE_PROTOCOL]):
-        return _read_torch(path, name), {}
+        return name, size, False
     raise UnreadableCheckpointError(
         f"'{name}' is neither a safetensors file nor a PyTorch checkpoint (first bytes: "
         f"{head[:8]!r}). If it is an HTML page or a Git LFS pointer, the download went wrong; "
         "download the real file again."
     )
+
+
+def read_tensors(path: str | os.PathLike) -> tuple[dict, dict[str, str]]:
+    """Return (state dict, metadata) of a safetensors or torch file, refusing unsafe pickles."""
+    path = os.fspath(path)
+    name, size, is_safetensors = _sniff(path)
+    if is_safetensors:
+        return _read_safetensors(path, name, size)
+    return _read_torch(path, name), {}
 
 
 def _looks_like_safetensors(head: bytes, size: int) -> bool:
@@ -282,33 +290,23 @@ def read_layout(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
     Safetensors: from the header. Torch files: unpickled (weights only) onto the meta device."""
     path = os.fspath(path)
-    name = os.path.basename(path)
-    try:
-        size = os.path.getsize(path)
-    except OSError as exc:
-        raise UnreadableCheckpointError(f"Cannot open '{path}': {exc.strerror or exc}.") from exc
-    if size == 0:
-        raise UnreadableCheckpointError(f"'{name}' is empty (0 bytes). Download it again.")
+    name, size, is_safetensors = _sniff(path)
+    if not is_safetensors:
+        return _read_torch(path, name, map_location="meta")
     with open(path, "rb") as fh:
-        head = fh.read(16)
-        if _looks_like_safetensors(head, size):
-            fh.seek(0)
-            (header_len,) = struct.unpack("<Q", fh.read(8))
-            if 8 + header_len > size:
-                raise UnreadableCheckpointError(f"'{name}' is truncated. Download it again.")
-            entries = _header_entries(fh.read(header_len), name)
-            try:
-                return {
-                    key: torch.empty(shape, dtype=_ST_DTYPES.get(dtype, torch.float16), device="meta")
-                    for key, (dtype, shape, _) in entries.items()
-                }
-            except RuntimeError as exc:  # dimensions too large to index
-                raise UnreadableCheckpointError(
-                    f"'{name}' has a corrupt safetensors header ({exc}). Download the file again."
-                ) from exc
-    if not (head.startswith(_ZIP_MAGIC) or head[:1] == bytes([_PICKLE_PROTOCOL])):
-        raise UnreadableCheckpointError(f"'{name}' is neither a safetensors file nor a PyTorch checkpoint.")
-    return _read_torch(path, name, map_location="meta")
+        (header_len,) = struct.unpack("<Q", fh.read(8))
+        if 8 + header_len > size:
+            raise UnreadableCheckpointError(f"'{name}' is truncated. Download it again.")
+        entries = _header_entries(fh.read(header_len), name)
+    try:
+        return {
+            key: torch.empty(shape, dtype=_ST_DTYPES.get(dtype, torch.float16), device="meta")
+            for key, (dtype, shape, _) in entries.items()
+        }
+    except RuntimeError as exc:  # dimensions too large to index
+        raise UnreadableCheckpointError(
+            f"'{name}' has a corrupt safetensors header ({exc}). Download the file again."
+        ) from exc
 
 
 def load_adapter_layout(path: str | os.PathLike) -> AdapterWeights:

@@ -8,8 +8,6 @@ like any other model. Sampling never needs them: the patch holds the projected K
 from __future__ import annotations
 
 import os
-import threading
-import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +18,7 @@ from ..ip_adapter_core.checkpoint import load_adapter_weights
 from ..ip_adapter_core.detect import describe
 from ..ip_adapter_core.spec import AdapterSpec
 from . import host
+from .file_cache import LoadedFiles
 
 
 @dataclass(eq=False)
@@ -57,38 +56,15 @@ class IPAdapterHandle:
         return self
 
 
-_lock = threading.Lock()
-# Weak: an adapter stays loaded while a node output or a patched model still uses it.
-_cache: "weakref.WeakValueDictionary[tuple, LoadedAdapter]" = weakref.WeakValueDictionary()
-
-
-def _file_key(path: str) -> tuple:
-    st = os.stat(path)
-    return (os.path.realpath(path), st.st_size, st.st_mtime_ns)
-
-
-def load_adapter(path: str) -> LoadedAdapter:
-    """Load (once) and return the managed adapter for `path`."""
-    key = _file_key(path)
-    with _lock:
-        cached = _cache.get(key)
-        if cached is not None:
-            return cached
+def _load(path: str) -> LoadedAdapter:
     weights = load_adapter_weights(path)
     spec = describe(weights)
     load_device = host.compute_device()
     model = IPAdapterModel.from_weights(weights, spec, dtype=host.adapter_dtype(load_device))
     model.eval()
     patcher = comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=host.offload_device())
-    loaded = LoadedAdapter(path=path, spec=spec, patcher=patcher)
-    with _lock:
-        # Drop stale entries of the same file (it was replaced on disk).
-        for old in [k for k in list(_cache.keys()) if k[0] == key[0]]:
-            _cache.pop(old, None)
-        _cache[key] = loaded
-    return loaded
+    return LoadedAdapter(path=path, spec=spec, patcher=patcher)
 
 
-def clear_cache() -> None:
-    with _lock:
-        _cache.clear()
+#: Load (once) and return the managed adapter for a path.
+load_adapter = LoadedFiles(_load)

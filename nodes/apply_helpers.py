@@ -67,6 +67,7 @@ def settings_for(
     layer_weights="",
     unfold=False,
     weight_composition=None,
+    **extra,
 ) -> ApplySettings:
     scalar, frames = split_weight(weight)
     return ApplySettings(
@@ -81,6 +82,7 @@ def settings_for(
         layer_weights=layer_weights or "",
         unfold=bool(unfold),
         frame_weights=frames,
+        **extra,
     )
 
 

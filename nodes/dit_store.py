@@ -10,7 +10,6 @@ import weakref
 
 import torch
 
-import comfy.model_management as mm
 import comfy.model_patcher
 import folder_paths
 
@@ -23,86 +22,52 @@ from ..ip_adapter_core.dit.spec import DIT_ENCODERS, DitAdapterSpec, DitEncoder
 from ..ip_adapter_core.errors import EncoderMismatchError, IPAdapterError, MissingModelFileError
 from . import host, paths
 from .adapter_store import LoadedAdapter
+from .file_cache import FileFacts, LoadedFiles
 
 log = logging.getLogger("ipadapter_kit")
 
-_lock = threading.Lock()
-_is_dit: dict[tuple, bool] = {}
-_specs: dict[tuple, DitAdapterSpec | None] = {}
-_encoders: dict[tuple, tuple[DitEncoder | None, str | None, int]] = {}
-_loaded: "weakref.WeakValueDictionary[tuple, LoadedAdapter]" = weakref.WeakValueDictionary()
+_heads_lock = threading.Lock()
 _heads: "weakref.WeakKeyDictionary[object, SiglipPoolingHead]" = weakref.WeakKeyDictionary()
 
 
-def _stat_key(path: str) -> tuple:
-    st = os.stat(path)
-    return (os.path.realpath(path), st.st_size, st.st_mtime_ns)
-
-
-def is_dit_file(path: str) -> bool:
-    """Whether a file's tensor names are a Flux/SD3.5 adapter's (headers only; cached)."""
-    key = _stat_key(path)
-    with _lock:
-        if key in _is_dit:
-            return _is_dit[key]
+def _read_is_dit(path: str) -> bool:
     try:
-        result = is_dit_state(read_layout(path))
+        return is_dit_state(read_layout(path))
     except IPAdapterError:
-        result = False
-    with _lock:
-        _is_dit[key] = result
-    return result
+        return False
 
 
-def dit_spec_of(path: str) -> DitAdapterSpec | None:
-    """Description of a DiT adapter file, None if it is not one (headers only; cached)."""
-    key = _stat_key(path)
-    with _lock:
-        if key in _specs:
-            return _specs[key]
-    spec = None
+def _read_dit_spec(path: str) -> DitAdapterSpec | None:
     try:
         layout = read_layout(path)
         if is_dit_state(layout):
-            spec = describe_dit(layout, os.path.basename(path))
+            return describe_dit(layout, os.path.basename(path))
     except IPAdapterError as exc:
         log.debug("not a DiT adapter: %s (%s)", path, exc)
-    with _lock:
-        _specs[key] = spec
-    return spec
+    return None
 
 
-def adapter_dtype(device: torch.device) -> torch.dtype:
-    """Compute dtype of the adapter modules: the published files are bf16/fp16."""
-    if device.type == "cpu":
-        return torch.float32
-    if mm.should_use_bf16(device):
-        return torch.bfloat16
-    return torch.float16 if mm.should_use_fp16(device) else torch.float32
+#: Whether a file's tensor names are a Flux/SD3.5 adapter's (headers only).
+is_dit_file = FileFacts(_read_is_dit)
+#: Description of a DiT adapter file, None if it is not one (headers only).
+dit_spec_of = FileFacts(_read_dit_spec)
 
 
-def load_dit_adapter(path: str) -> LoadedAdapter:
-    """Load (once) and return the managed adapter for a Flux/SD3.5 adapter file."""
-    key = _stat_key(path)
-    with _lock:
-        cached = _loaded.get(key)
-        if cached is not None:
-            return cached
+def _load_dit(path: str) -> LoadedAdapter:
     name = os.path.basename(path)
     state, _ = read_tensors(path)
     spec = describe_dit(state, name)
     proj, kv, _ = to_canonical(state)
     del state
     load_device = host.compute_device()
-    model = DitAdapterModel.from_state(proj, kv, spec, dtype=adapter_dtype(load_device))
+    model = DitAdapterModel.from_state(proj, kv, spec, dtype=host.adapter_dtype(load_device, allow_bf16=True))
     patcher = comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=host.offload_device())
-    loaded = LoadedAdapter(path=path, spec=spec, patcher=patcher)
-    with _lock:
-        for old in [k for k in list(_loaded.keys()) if k[0] == key[0]]:
-            _loaded.pop(old, None)
-        _loaded[key] = loaded
     log.info("IPAdapter: loaded %s (%s)", name, spec.title)
-    return loaded
+    return LoadedAdapter(path=path, spec=spec, patcher=patcher)
+
+
+#: Load (once) and return the managed adapter for a Flux/SD3.5 adapter file.
+load_dit_adapter = LoadedFiles(_load_dit)
 
 
 # --- installed files by content --------------------------------------------------------------
@@ -120,21 +85,17 @@ def installed_dit_adapters() -> list[tuple[str, DitAdapterSpec]]:
     return out
 
 
-def _encoder_of_file(path: str) -> tuple[DitEncoder | None, str | None, int]:
-    """(DiT encoder, SigLIP head prefix, hidden width) of a clip_vision file, from headers."""
-    key = _stat_key(path)
-    with _lock:
-        if key in _encoders:
-            return _encoders[key]
+def _read_encoder(path: str) -> tuple[DitEncoder | None, str | None, int]:
     try:
         layout = read_layout(path)
         ln = layout.get("vision_model.post_layernorm.weight")
-        found = (encoder_of(layout), siglip_head_prefix(layout), int(ln.shape[0]) if ln is not None else 0)
+        return encoder_of(layout), siglip_head_prefix(layout), int(ln.shape[0]) if ln is not None else 0
     except (IPAdapterError, OSError):
-        found = (None, None, 0)
-    with _lock:
-        _encoders[key] = found
-    return found
+        return None, None, 0
+
+
+#: (DiT encoder, SigLIP head prefix, hidden width) of a clip_vision file, from headers.
+_encoder_of_file = FileFacts(_read_encoder)
 
 
 def find_encoder_file(encoder: DitEncoder) -> str:
@@ -187,7 +148,7 @@ def siglip_head_for(clip_vision, adapter_name: str = "") -> SiglipPoolingHead:
     ComfyUI's loader keeps no head (it only returns hidden states), so the file is found again
     in the clip_vision folders: a SigLIP file with `vision_model.head.*` whose post-layernorm
     weights equal the loaded model's."""
-    with _lock:
+    with _heads_lock:
         head = _heads.get(clip_vision)
     if head is not None:
         return head
@@ -214,7 +175,7 @@ def siglip_head_for(clip_vision, adapter_name: str = "") -> SiglipPoolingHead:
             state = {k: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}
         head = SiglipPoolingHead.from_state(state, prefix, heads=_heads_of(clip_vision))
         log.info("IPAdapter: SigLIP pooling head from %s", name)
-        with _lock:
+        with _heads_lock:
             _heads[clip_vision] = head
         return head
     raise MissingModelFileError(

@@ -20,9 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-import folder_paths
 
-from ..ip_adapter_core.embeds import CombineMethod, EmbedsScaling
 from ..ip_adapter_core.errors import EncoderMismatchError, InvalidInputError, MissingModelFileError
 from ..ip_adapter_core.face import FaceBatch, FaceOrder, analyse_frames, crop_size
 from ..ip_adapter_core.faceid import (
@@ -39,12 +37,12 @@ from ..ip_adapter_core.faceid import (
     v2_from_name,
 )
 from ..ip_adapter_core.spec import BaseModel, EncoderOutput, ImageEncoder, ProjectionKind
-from ..ip_adapter_core.weights import WeightType
 from . import host, insightface_backend, model_files, paths
 from ._api import Input, NodeSpec, Output, PackNode
 from .adapter_store import IPAdapterHandle, load_adapter
 from .apply import COMBINE, EMBEDS, END, LAYER_WEIGHTS, MASK, SCALING, START, WEIGHT_TYPE
 from .apply_core import ApplySettings, apply_embeds
+from .apply_helpers import settings_for
 from .encoding import CropMode, ImageEmbeds, check_clip_vision, encode_clip, validate_images, zero_pixel_features
 from .faceid_lora import FROM_ADAPTER, apply_faceid_lora, lora_choices
 
@@ -392,17 +390,9 @@ class ApplyFaceID(PackNode):
             no_face=NoFacePolicy.SKIP.value, face_order=FaceOrder.SIZE.value, face_index=0, lora=FROM_ADAPTER,
             insightface=None, clip_vision=None, attn_mask=None, neg_embeds=None, layer_weights=""):
         _require_faceid(ipadapter)
-        settings = ApplySettings(
-            weight=float(weight),
-            weight_type=WeightType(weight_type),
-            start_at=float(start_at),
-            end_at=float(end_at),
-            combine=CombineMethod(combine_embeds),
-            scaling=EmbedsScaling(embeds_scaling),
-            attn_mask=attn_mask,
-            layer_weights=layer_weights or "",
-            unfold=bool(unfold_batch),
-            faceid_v2=resolve_v2(ipadapter, FaceIDVersion(faceid_version)),
+        settings = settings_for(
+            weight, weight_type, start_at, end_at, embeds_scaling, combine_embeds, attn_mask, layer_weights,
+            unfold_batch, faceid_v2=resolve_v2(ipadapter, FaceIDVersion(faceid_version)),
             faceid_v2_scale=float(weight_faceidv2),
         )
         settings.validate()
@@ -424,19 +414,7 @@ class ApplyFaceID(PackNode):
 
 
 def find_faceid_adapter(preset: FaceIDPreset, base: BaseModel) -> str:
-    folders = ", ".join(folder_paths.get_folder_paths(paths.IPADAPTER_FOLDER)) or "models/ipadapter"
-    if not faceid_supported(preset, base):
-        raise MissingModelFileError(f"The '{preset.value}' preset has no published adapter for {base.label} models.")
-    installed = model_files.installed_adapters()
-    names = rank_faceid(preset, base, installed)
-    if names:
-        return names[0]
-    want = faceid_suggested_file(preset, base)
-    seen = "; ".join(f"{n} ({s.title})" for n, s in installed[:8]) or "no adapter files"
-    raise MissingModelFileError(
-        f"The '{preset.value}' preset needs '{want}' (any file name works: files are recognised by content) for "
-        f"{base.label} in the ipadapter folder ({folders}). Installed: {seen}."
-    )
+    return model_files.pick_installed(preset, base, faceid_supported, rank_faceid, faceid_suggested_file)
 
 
 class UnifiedLoaderFaceID(PackNode):

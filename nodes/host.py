@@ -158,9 +158,13 @@ def storage_device() -> torch.device:
     return mm.intermediate_device()
 
 
-def adapter_dtype(device: torch.device) -> torch.dtype:
+def adapter_dtype(device: torch.device, allow_bf16: bool = False) -> torch.dtype:
+    """Compute dtype of adapter modules on `device`. The Flux/SD3.5 files are bf16 and their
+    hosts run in bf16, so those may use it; the UNet adapters stay in fp16/fp32 like the UNet."""
     if device.type == "cpu":
         return torch.float32
+    if allow_bf16 and mm.should_use_bf16(device):
+        return torch.bfloat16
     return torch.float16 if mm.should_use_fp16(device) else torch.float32
 
 

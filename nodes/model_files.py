@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
-import weakref
 
 import folder_paths
 
@@ -15,49 +13,30 @@ from ..ip_adapter_core.errors import IPAdapterError, MissingModelFileError
 from ..ip_adapter_core.presets import Preset, clip_encoder_of, rank, suggested_file, supported
 from ..ip_adapter_core.spec import CLIP_ENCODERS, AdapterSpec, BaseModel, ImageEncoder
 from . import paths
+from .file_cache import FileFacts, LoadedFiles
 
 log = logging.getLogger("ipadapter_kit")
 
-_lock = threading.Lock()
-_spec_cache: dict[tuple, AdapterSpec | None] = {}
-_clip_cache: dict[tuple, ImageEncoder | None] = {}
-_clip_models: "weakref.WeakValueDictionary[tuple, object]" = weakref.WeakValueDictionary()
 
-
-def _stat_key(path: str) -> tuple:
-    st = os.stat(path)
-    return (os.path.realpath(path), st.st_size, st.st_mtime_ns)
-
-
-def adapter_spec_of(path: str) -> AdapterSpec | None:
-    """Description of an adapter file (None if it is not a readable adapter); cached by
-    path, size and mtime, and read from headers only."""
-    key = _stat_key(path)
-    with _lock:
-        if key in _spec_cache:
-            return _spec_cache[key]
+def _read_adapter_spec(path: str) -> AdapterSpec | None:
     try:
-        spec = describe(load_adapter_layout(path))
+        return describe(load_adapter_layout(path))
     except IPAdapterError as exc:
         log.debug("not an adapter: %s (%s)", path, exc)
-        spec = None
-    with _lock:
-        _spec_cache[key] = spec
-    return spec
+        return None
 
 
-def clip_encoder_of_file(path: str) -> ImageEncoder | None:
-    key = _stat_key(path)
-    with _lock:
-        if key in _clip_cache:
-            return _clip_cache[key]
+def _read_clip_encoder(path: str) -> ImageEncoder | None:
     try:
-        encoder = clip_encoder_of(read_layout(path))
+        return clip_encoder_of(read_layout(path))
     except IPAdapterError:
-        encoder = None
-    with _lock:
-        _clip_cache[key] = encoder
-    return encoder
+        return None
+
+
+#: Description of an adapter file (None if it is not a readable adapter), from headers only.
+adapter_spec_of = FileFacts(_read_adapter_spec)
+#: Which CLIP image encoder a clip_vision file holds (None if none we know), from headers only.
+clip_encoder_of_file = FileFacts(_read_clip_encoder)
 
 
 def installed_adapters() -> list[tuple[str, AdapterSpec]]:
@@ -74,18 +53,22 @@ def installed_adapters() -> list[tuple[str, AdapterSpec]]:
 
 def find_adapter(preset: Preset, base: BaseModel) -> str:
     """The installed file for `preset` on a `base` model, or an error naming what to install."""
-    folders = ", ".join(folder_paths.get_folder_paths(paths.IPADAPTER_FOLDER)) or "models/ipadapter"
-    if not supported(preset, base):
+    return pick_installed(preset, base, supported, rank, suggested_file)
+
+
+def pick_installed(preset, base: BaseModel, supported_fn, rank_fn, suggested_fn) -> str:
+    """Best installed adapter file for a loader preset (plain or FaceID), ranked by content."""
+    if not supported_fn(preset, base):
         raise MissingModelFileError(f"The '{preset.value}' preset has no published adapter for {base.label} models.")
     installed = installed_adapters()
-    names = rank(preset, base, installed)
+    names = rank_fn(preset, base, installed)
     if names:
         return names[0]
-    want = suggested_file(preset, base)
+    folders = ", ".join(folder_paths.get_folder_paths(paths.IPADAPTER_FOLDER)) or "models/ipadapter"
     seen = "; ".join(f"{n} ({s.title})" for n, s in installed[:8]) or "no adapter files"
     raise MissingModelFileError(
-        f"The '{preset.value}' preset needs '{want}' for {base.label} in the ipadapter folder "
-        f"({folders}). Installed: {seen}."
+        f"The '{preset.value}' preset needs '{suggested_fn(preset, base)}' (any file name works: files are "
+        f"recognised by content) for {base.label} in the ipadapter folder ({folders}). Installed: {seen}."
     )
 
 
@@ -104,16 +87,19 @@ def find_clip_vision(encoder: ImageEncoder) -> str:
 
 def load_clip_vision(name: str):
     """`comfy.clip_vision.load` once per file while something still uses it."""
-    import comfy.clip_vision
-
     full = folder_paths.get_full_path("clip_vision", name)
     if full is None:
         raise MissingModelFileError(f"CLIP vision file '{name}' was not found in the clip_vision folders.")
-    key = _stat_key(full)
-    model = _clip_models.get(key)
+    return _clip_vision_models(full)
+
+
+def _load_clip_vision(full: str):
+    import comfy.clip_vision
+
+    model = comfy.clip_vision.load(full)
     if model is None:
-        model = comfy.clip_vision.load(full)
-        if model is None:
-            raise MissingModelFileError(f"ComfyUI could not recognise '{name}' as a CLIP vision model.")
-        _clip_models[key] = model
+        raise MissingModelFileError(f"ComfyUI could not recognise '{os.path.basename(full)}' as a CLIP vision model.")
     return model
+
+
+_clip_vision_models = LoadedFiles(_load_clip_vision)

@@ -13,24 +13,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..projection import LinearTokens  # XLabs: the original IP-Adapter's projection, same names
 from .attention import head_rms, sinusoid
 from .spec import DitAdapterSpec, DitKind, TimeResamplerSpec
 
 INSTANTX_K_EPS = 1e-5  # the official processor's RMSNorm(128, eps=1e-5, elementwise_affine=False)
 SD35_EPS = 1e-6
-
-
-class XLabsProjection(nn.Module):
-    """CLIP image_embeds -> N tokens: LayerNorm(Linear(e).reshape(N, d))."""
-
-    def __init__(self, feature_dim: int, token_dim: int, tokens: int):
-        super().__init__()
-        self.tokens = tokens
-        self.proj = nn.Linear(feature_dim, tokens * token_dim)
-        self.norm = nn.LayerNorm(token_dim)
-
-    def forward(self, embeds: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.proj(embeds).reshape(embeds.shape[0], self.tokens, -1))
 
 
 class InstantXFluxProjection(nn.Module):
@@ -162,7 +150,7 @@ class DitAdapterModel(nn.Module):
         super().__init__()
         self.spec = spec
         if spec.kind is DitKind.XLABS:
-            self.image_proj = XLabsProjection(spec.feature_dim, spec.token_dim, spec.tokens)
+            self.image_proj = LinearTokens(spec.feature_dim, spec.token_dim, spec.tokens)
         elif spec.kind is DitKind.INSTANTX_FLUX:
             self.image_proj = InstantXFluxProjection(spec.feature_dim, spec.projection_hidden or 2304, spec.token_dim, spec.tokens)
         else:

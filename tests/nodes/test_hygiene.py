@@ -134,20 +134,20 @@ def test_adapter_loaded_once_and_released_by_free(tmp_path):
         ex.free()
         baseline = live()
         ex.run(rn.loader_graph("ip-adapter_sd15.safetensors"))
-        (loaded,) = [a for a in adapter_store._cache.values() if a.name == "ip-adapter_sd15.safetensors"]
+        (loaded,) = [a for a in adapter_store.load_adapter.values() if a.name == "ip-adapter_sd15.safetensors"]
         ref = weakref.ref(loaded)
         held = live()
         assert held["LoadedAdapter"] == baseline["LoadedAdapter"] + 1
         assert held["bytes"] - baseline["bytes"] > 80e6  # 22 M fp32 parameters
         host.run_prompt(rn.loader_graph("ip-adapter_sd15.safetensors"))  # another executor: the same object
-        assert [a for a in adapter_store._cache.values() if a.name == "ip-adapter_sd15.safetensors"] == [loaded]
+        assert [a for a in adapter_store.load_adapter.values() if a.name == "ip-adapter_sd15.safetensors"] == [loaded]
         del loaded
         ex.free()
         assert ref() is None, gc.get_referrers(ref())
         after = live()
         assert after["LoadedAdapter"] == baseline["LoadedAdapter"]
         assert after["bytes"] - baseline["bytes"] < 1e6
-        assert not [a for a in adapter_store._cache.values() if a.name == "ip-adapter_sd15.safetensors"]
+        assert not [a for a in adapter_store.load_adapter.values() if a.name == "ip-adapter_sd15.safetensors"]
 
 
 def test_offload_drops_device_copies_and_free_releases_patches():
