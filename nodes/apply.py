@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 from ..ip_adapter_core.embeds import CombineMethod, EmbedsScaling
-from ..ip_adapter_core.errors import InvalidInputError, WeightSpecError
+from ..ip_adapter_core.errors import InvalidInputError
 from ..ip_adapter_core.spec import AdapterSpec
 from ..ip_adapter_core.weights import WeightType
 from . import host
 from ._api import Input, NodeSpec, Output, PackNode
-from .apply_core import ApplySettings, apply_embeds
+from .apply_core import apply_embeds
+from .apply_helpers import FRAME_WEIGHT_NOTE, option, settings_for
 from .encoding import CropMode, ImageEmbeds, embeds_from_images, validate_images
 
 EMBEDS = "IPADAPTER_EMBEDS"
 
-WEIGHT = Input("weight", "FLOAT", "Strength of the image prompt (the reference formula's scale). 0 = off; negative pushes away from the image.", default=1.0, min=-1.0, max=5.0, step=0.05)
+WEIGHT = Input("weight", "FLOAT", "Strength of the image prompt (the reference formula's scale). 0 = off; negative pushes away from the image."
+               + FRAME_WEIGHT_NOTE, default=1.0, min=-1.0, max=5.0, step=0.05)
 WEIGHT_TYPE = Input(
     "weight_type", "COMBO",
     "How the weight is spread over the UNet's layers: linear = everywhere; style transfer / composition = the "
@@ -39,29 +41,6 @@ LAYER_WEIGHTS = Input(
     optional=True, default="", multiline=True,
 )
 CROP = Input("crop", "COMBO", "Non-square references: center = crop to a square; pad = fit inside a square; squash = stretch to a square.", optional=True, default=CropMode.CENTER.value, options=[m.value for m in CropMode])
-
-
-def _option(enum_type, value, what: str, error=InvalidInputError):
-    """A combo value as its enum, or an error listing the valid values (old workflows and
-    Python callers can pass names the validator never saw)."""
-    try:
-        return enum_type(value)
-    except ValueError:
-        choices = ", ".join(repr(m.value) for m in enum_type)
-        raise error(f"{what} {value!r} is not one of {choices}; pick one of those in the node.") from None
-
-
-def _settings(weight, weight_type, start_at, end_at, embeds_scaling, combine_embeds=CombineMethod.CONCAT.value, attn_mask=None, layer_weights=""):
-    return ApplySettings(
-        weight=float(weight),
-        weight_type=_option(WeightType, weight_type, "weight_type", WeightSpecError),
-        start_at=float(start_at),
-        end_at=float(end_at),
-        combine=_option(CombineMethod, combine_embeds, "combine_embeds"),
-        scaling=_option(EmbedsScaling, embeds_scaling, "embeds_scaling"),
-        attn_mask=attn_mask,
-        layer_weights=layer_weights or "",
-    )
 
 
 def check_model(model, ipadapter) -> None:
@@ -95,13 +74,13 @@ class Apply(PackNode):
     @classmethod
     def run(cls, model, ipadapter, image, weight, weight_type, combine_embeds, start_at, end_at, embeds_scaling,
             image_negative=None, attn_mask=None, clip_vision=None, layer_weights="", crop=CropMode.CENTER.value):
-        settings = _settings(weight, weight_type, start_at, end_at, embeds_scaling, combine_embeds, attn_mask, layer_weights)
+        settings = settings_for(weight, weight_type, start_at, end_at, embeds_scaling, combine_embeds, attn_mask, layer_weights)
         settings.validate()
         check_model(model, ipadapter)
         clip = clip_vision if clip_vision is not None else ipadapter.clip_vision
         cond, uncond = embeds_from_images(
             ipadapter.spec, clip, validate_images(image), None if image_negative is None else validate_images(image_negative, "image_negative"),
-            _option(CropMode, crop, "crop"), ipadapter.adapter.name,
+            option(CropMode, crop, "crop"), ipadapter.adapter.name,
         )
         return (apply_embeds(model, ipadapter, cond, uncond, settings),)
 
@@ -133,7 +112,7 @@ class EncodeImage(PackNode):
         clip = clip_vision if clip_vision is not None else ipadapter.clip_vision
         cond, uncond = embeds_from_images(
             ipadapter.spec, clip, validate_images(image), None if image_negative is None else validate_images(image_negative, "image_negative"),
-            _option(CropMode, crop, "crop"), ipadapter.adapter.name, batch_size=int(encode_batch_size),
+            option(CropMode, crop, "crop"), ipadapter.adapter.name, batch_size=int(encode_batch_size),
         )
         return cond, uncond
 
@@ -160,7 +139,7 @@ class ApplyEmbeds(PackNode):
     @classmethod
     def run(cls, model, ipadapter, pos_embeds: ImageEmbeds, weight, weight_type, start_at, end_at, embeds_scaling,
             neg_embeds=None, attn_mask=None, clip_vision=None, layer_weights=""):
-        settings = _settings(weight, weight_type, start_at, end_at, embeds_scaling, attn_mask=attn_mask, layer_weights=layer_weights)
+        settings = settings_for(weight, weight_type, start_at, end_at, embeds_scaling, attn_mask=attn_mask, layer_weights=layer_weights)
         uncond = neg_embeds if neg_embeds is not None else default_negative(ipadapter, pos_embeds, clip_vision)
         return (apply_embeds(model, ipadapter, pos_embeds, uncond, settings),)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from ..ip_adapter_core.embeds import CombineMethod, EmbedsScaling
-from ..ip_adapter_core.errors import EncoderMismatchError, IncompatibleModelError, InvalidInputError
+from ..ip_adapter_core.errors import EncoderMismatchError, IncompatibleModelError, InvalidInputError, WeightSpecError
 from ..ip_adapter_core.schedules import as_weight_list
 from ..ip_adapter_core.spec import AdapterSpec, EncoderOutput
 from ..ip_adapter_core.weights import WeightType
@@ -45,6 +45,16 @@ def unet_adapter(handle) -> IPAdapterHandle:
     return handle
 
 
+def option(enum_type, value, what: str, error=InvalidInputError):
+    """A combo value as its enum, or an error listing the valid values (old workflows and
+    Python callers can pass names the validator never saw)."""
+    try:
+        return enum_type(value)
+    except ValueError:
+        choices = ", ".join(repr(m.value) for m in enum_type)
+        raise error(f"{what} {value!r} is not one of {choices}; pick one of those in the node.") from None
+
+
 def split_weight(value) -> tuple[float, list[float] | None]:
     """A FLOAT socket value -> (scalar weight, per-frame weights or None). A list from the
     IPAdapter Weights node becomes per-frame weights with a scalar of 1."""
@@ -72,12 +82,12 @@ def settings_for(
     scalar, frames = split_weight(weight)
     return ApplySettings(
         weight=scalar,
-        weight_type=WeightType(weight_type),
+        weight_type=option(WeightType, weight_type, "weight_type", WeightSpecError),
         weight_composition=None if weight_composition is None else float(weight_composition),
         start_at=float(start_at),
         end_at=float(end_at),
-        combine=CombineMethod(combine_embeds),
-        scaling=EmbedsScaling(embeds_scaling),
+        combine=option(CombineMethod, combine_embeds, "combine_embeds"),
+        scaling=option(EmbedsScaling, embeds_scaling, "embeds_scaling"),
         attn_mask=attn_mask,
         layer_weights=layer_weights or "",
         unfold=bool(unfold),
@@ -91,7 +101,7 @@ def encode_pair(handle: IPAdapterHandle, clip_vision, image, image_negative=None
     unet_adapter(handle)
     negative = None if image_negative is None else validate_images(image_negative, "image_negative")
     return embeds_from_images(
-        handle.spec, clip_for(handle, clip_vision), validate_images(image), negative, CropMode(crop), handle.adapter.name,
+        handle.spec, clip_for(handle, clip_vision), validate_images(image), negative, option(CropMode, crop, "crop"), handle.adapter.name,
         batch_size=int(batch_size or 0),
     )
 
@@ -165,7 +175,7 @@ def negative_features(handle: IPAdapterHandle, clip, image_negative=None, batch_
     shared by every entry of a node (tiles, regions)."""
     output = handle.spec.encoder_output
     if image_negative is not None:
-        features = encode_clip(clip, validate_images(image_negative, "image_negative"), output, CropMode(crop), batch_size)
+        features = encode_clip(clip, validate_images(image_negative, "image_negative"), output, option(CropMode, crop, "crop"), batch_size)
     elif output is EncoderOutput.IMAGE_EMBEDS:
         features = torch.zeros(1, handle.spec.feature_dim)
     else:

@@ -15,7 +15,7 @@ from ..ip_adapter_core.weights import WeightType
 from ._api import Input, NodeSpec, Output, PackNode
 from .apply import COMBINE, CROP, END, SCALING, START, WEIGHT_TYPE
 from .apply_core import apply_embeds
-from .apply_helpers import ENCODE_BATCH, FRAME_WEIGHT_NOTE, UNFOLD, negative_features, require_clip, settings_for
+from .apply_helpers import ENCODE_BATCH, FRAME_WEIGHT_NOTE, UNFOLD, negative_features, option, require_clip, settings_for
 from .encoding import CropMode, ImageEmbeds, check_clip_vision, encode_clip, validate_images
 
 PARAMS = "IPADAPTER_PARAMS"
@@ -141,12 +141,12 @@ class ApplyFromParams(PackNode):
             )
             settings.validate()
             regions.append(settings)
-        uncond = negative_features(ipadapter, clip, image_negative, batch, CropMode(crop))
+        uncond = negative_features(ipadapter, clip, image_negative, batch, option(CropMode, crop, "crop"))
         output = ipadapter.spec.encoder_output
         patched = model
         for i, settings in enumerate(regions):
             image = validate_images(params["image"][i], f"region {i + 1} image")
-            cond = ImageEmbeds(output, encode_clip(clip, image, output, CropMode(crop), batch))
+            cond = ImageEmbeds(output, encode_clip(clip, image, output, option(CropMode, crop, "crop"), batch))
             patched = apply_embeds(patched, ipadapter, cond, uncond, settings)
         return (patched,)
 

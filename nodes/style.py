@@ -15,7 +15,7 @@ from ..ip_adapter_core.weights import WeightType
 from ._api import Input, NodeSpec, Output, PackNode
 from .apply import COMBINE, CROP, END, MASK, SCALING, START
 from .apply_core import apply_embeds
-from .apply_helpers import ENCODE_BATCH, FRAME_WEIGHT_NOTE, UNFOLD, clip_for, encode_pair, settings_for
+from .apply_helpers import ENCODE_BATCH, FRAME_WEIGHT_NOTE, UNFOLD, clip_for, encode_pair, option, settings_for
 from .encoding import CropMode, ImageEmbeds, encode_clip, validate_images
 
 _MODEL = Input("model", "MODEL", "The diffusion model to patch (SD1.5, SDXL or Kolors UNet).")
@@ -60,7 +60,7 @@ class StyleComposition(PackNode):
         cond, uncond = encode_pair(ipadapter, clip_vision, image_style, image_negative, crop, encode_batch_size)
         output = ipadapter.spec.encoder_output
         composition = validate_images(image_composition, "image_composition")
-        alt = ImageEmbeds(output, encode_clip(clip_for(ipadapter, clip_vision), composition, output, CropMode(crop),
+        alt = ImageEmbeds(output, encode_clip(clip_for(ipadapter, clip_vision), composition, output, option(CropMode, crop, "crop"),
                                               int(encode_batch_size or 0)))
         return (apply_embeds(model, ipadapter, cond, uncond, settings, alt=alt),)
 

@@ -13,7 +13,7 @@ import comfy.utils
 import nodes as comfy_nodes
 from feature_helpers import attn2, call_patch, entries_by_layer, image, image_kv, sdpa
 from host import run_prompt
-from ipadapter_kit.nodes.apply import EncodeImage
+from ipadapter_kit.nodes.apply import Apply, EncodeImage
 from ipadapter_kit.nodes.batch import ApplyBatch, ApplyEmbedsBatch, CombineWeights, PromptScheduleFromStrategy, Weights, WeightsFromStrategy
 
 COMMON = dict(weight_type="linear", start_at=0.0, end_at=1.0, embeds_scaling="V only")
@@ -50,6 +50,24 @@ def test_frame_i_gets_image_i_and_weight_i(setup):
         torch.testing.assert_close(out[i], text[i] + w * sdpa(q[i : i + 1], kc, vc, layer.heads)[0], atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(out[3 + i], text[3 + i] + w * sdpa(q[3 + i : 4 + i], ku, vu, layer.heads)[0], atol=1e-4, rtol=1e-4)
     assert torch.equal(out[2], text[2]) or torch.allclose(out[2], text[2], atol=1e-6)
+
+
+def test_plain_apply_takes_a_per_frame_weight_list(setup):
+    """IPAdapter Apply with one reference and a weight list: every frame sees the same image
+    tokens, frame i scaled by weight i (the list an IPAdapter Weights node outputs)."""
+    model, handle, clip = setup
+    ref = image(10)
+    weights = [1.0, 0.5, 0.0]
+    patched = Apply.run(model, handle, ref, weights, combine_embeds="concat", clip_vision=clip, **COMMON)[0]
+    layer, p = _layer_patch(patched)
+    kc, vc = image_kv(handle, clip, ref)[layer.index]
+    (entry,) = p.entries
+    ku, vu = entry.prompt.uncond[layer.index]
+    out, q, k, v, _ = call_patch(p, layer, batch=6, layout=(0, 1))
+    text = sdpa(q, k, v, layer.heads)
+    for i, w in enumerate(weights):
+        torch.testing.assert_close(out[i], text[i] + w * sdpa(q[i : i + 1], kc, vc, layer.heads)[0], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(out[3 + i], text[3 + i] + w * sdpa(q[3 + i : 4 + i], ku, vu, layer.heads)[0], atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("window", ["animatediff", "comfy"])
