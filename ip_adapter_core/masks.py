@@ -10,10 +10,10 @@ import torch.nn.functional as F
 from .errors import MaskInputError
 
 
-def normalize_mask(mask: torch.Tensor) -> torch.Tensor:
-    """Any MASK-like tensor -> float [M, H, W] in [0, 1]."""
+def normalize_mask(mask: torch.Tensor, what: str = "attn_mask") -> torch.Tensor:
+    """Any MASK-like tensor -> float [M, H, W] in [0, 1]; errors name the input `what`."""
     if not isinstance(mask, torch.Tensor):
-        raise MaskInputError(f"attn_mask must be a MASK tensor, got {type(mask).__name__}.")
+        raise MaskInputError(f"{what} must be a MASK tensor, got {type(mask).__name__}.")
     m = mask
     if m.ndim == 2:
         m = m[None]
@@ -23,16 +23,16 @@ def normalize_mask(mask: torch.Tensor) -> torch.Tensor:
         m = m[:, 0]
     if m.ndim != 3:
         raise MaskInputError(
-            f"attn_mask must be [height, width] or [batch, height, width]; got shape {list(mask.shape)}. Connect a "
+            f"{what} must be [height, width] or [batch, height, width]; got shape {list(mask.shape)}. Connect a "
             "MASK (e.g. from Load Image (as Mask) or Solid Mask)."
         )
     if m.shape[0] == 0 or m.shape[1] == 0 or m.shape[2] == 0:
         raise MaskInputError(
-            f"attn_mask is empty (shape {list(mask.shape)}); connect a mask with at least one pixel, or disconnect it."
+            f"{what} is empty (shape {list(mask.shape)}); connect a mask with at least one pixel, or disconnect it."
         )
     m = m.float()
     if not torch.isfinite(m).all():
-        raise MaskInputError("attn_mask contains NaN or infinite values; check the node that made it.")
+        raise MaskInputError(f"{what} contains NaN or infinite values; check the node that made it.")
     return m.clamp(0.0, 1.0)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from ..ip_adapter_core.embeds import CombineMethod, EmbedsScaling
 from ..ip_adapter_core.errors import InvalidInputError
 from ..ip_adapter_core.spec import AdapterSpec
@@ -10,7 +12,7 @@ from . import host
 from ._api import Input, NodeSpec, Output, PackNode
 from .apply_core import apply_embeds
 from .apply_helpers import FRAME_WEIGHT_NOTE, option, settings_for
-from .encoding import CropMode, ImageEmbeds, embeds_from_images, validate_images
+from .encoding import CropMode, ImageEmbeds, embeds_from_images, mask_pixels, validate_images
 
 EMBEDS = "IPADAPTER_EMBEDS"
 
@@ -100,6 +102,8 @@ class EncodeImage(PackNode):
             Input("clip_vision", "CLIP_VISION", "CLIP vision encoder; optional when the Unified Loader supplied one.", optional=True),
             CROP,
             Input("encode_batch_size", "INT", "Encode this many images at a time (0 = all at once); lower it for long videos.", optional=True, default=0, min=0, max=4096, step=1),
+            Input("weight", "FLOAT", "Scales the reference features (before the adapter's projection); use it to balance embeds you combine afterwards. The negative is not scaled.", optional=True, default=1.0, min=-1.0, max=3.0, step=0.01),
+            Input("mask", "MASK", "Pixel mask on the reference image(s): the encoder only sees the masked part (the rest becomes CLIP's mean colour). Any size; one mask or one per image.", optional=True),
         ],
         outputs=[
             Output(EMBEDS, "pos_embeds", "Features of the reference images."),
@@ -108,12 +112,21 @@ class EncodeImage(PackNode):
     )
 
     @classmethod
-    def run(cls, ipadapter, image, image_negative=None, clip_vision=None, crop=CropMode.CENTER.value, encode_batch_size=0):
+    def run(cls, ipadapter, image, image_negative=None, clip_vision=None, crop=CropMode.CENTER.value, encode_batch_size=0,
+            weight=1.0, mask=None):
         clip = clip_vision if clip_vision is not None else ipadapter.clip_vision
+        image = validate_images(image)
+        if mask is not None:
+            image = mask_pixels(image, mask)
         cond, uncond = embeds_from_images(
-            ipadapter.spec, clip, validate_images(image), None if image_negative is None else validate_images(image_negative, "image_negative"),
+            ipadapter.spec, clip, image, None if image_negative is None else validate_images(image_negative, "image_negative"),
             option(CropMode, crop, "crop"), ipadapter.adapter.name, batch_size=int(encode_batch_size),
         )
+        weight = float(weight)
+        if not math.isfinite(weight):
+            raise InvalidInputError(f"weight must be a finite number, got {weight}.")
+        if weight != 1.0:
+            cond = ImageEmbeds(cond.output, cond.features * weight, cond.clip_features)
         return cond, uncond
 
 

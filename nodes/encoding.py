@@ -14,7 +14,8 @@ import torch.nn.functional as F
 
 import comfy.model_management as mm
 
-from ..ip_adapter_core.errors import EncoderMismatchError, ImageInputError
+from ..ip_adapter_core.errors import EncoderMismatchError, ImageInputError, MaskInputError
+from ..ip_adapter_core.masks import normalize_mask
 from ..ip_adapter_core.spec import CLIP_ENCODERS, AdapterSpec, EncoderOutput
 
 log = logging.getLogger("ipadapter_kit")
@@ -76,6 +77,20 @@ def validate_images(image, what: str = "image") -> torch.Tensor:
     if not torch.isfinite(image).all():
         raise ImageInputError(f"{what} contains NaN or infinite pixel values; check the node that made it.")
     return image.clamp(0.0, 1.0)
+
+
+def mask_pixels(image: torch.Tensor, mask, what: str = "mask") -> torch.Tensor:
+    """Fade the unmasked part of [B, H, W, 3] images to CLIP's mean colour (which normalises to 0),
+    so the encoder sees only the masked region. One mask for all images, or one per image."""
+    m = normalize_mask(mask, what)
+    b, h, w, _ = image.shape
+    if m.shape[0] not in (1, b):
+        raise MaskInputError(f"{what} has {m.shape[0]} masks for {b} images; give one mask, or one per image.")
+    if tuple(m.shape[-2:]) != (h, w):
+        m = F.interpolate(m[:, None], size=(h, w), mode="bilinear", align_corners=False)[:, 0]
+    mean = torch.tensor(CLIP_MEAN, dtype=image.dtype, device=image.device).expand_as(image)
+    # lerp is exact at 0 and 1: the encoder rounds pixels to 8 bits, so an ulp can flip a level
+    return torch.lerp(mean, image, m[..., None].to(image.device, image.dtype))
 
 
 def to_square(image: torch.Tensor, mode: CropMode, size: int) -> torch.Tensor:

@@ -1,5 +1,5 @@
 """Embeds utilities: bit-exact safetensors round trip through the output folder, pickle
-files refused, combine methods, noise images."""
+files refused, combine methods, noise images; the encoder node's weight and pixel mask."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ import torch
 
 import tiny  # noqa: I001  (sets up the host first)
 import folder_paths
-from ipadapter_kit.ip_adapter_core.errors import InvalidInputError, UnreadableCheckpointError
-from ipadapter_kit.ip_adapter_core.spec import EncoderOutput
+from ipadapter_kit.ip_adapter_core.errors import InvalidInputError, MaskInputError, UnreadableCheckpointError
+from ipadapter_kit.ip_adapter_core.spec import EncoderOutput, ProjectionKind
+from ipadapter_kit.nodes.apply import EncodeImage
 from ipadapter_kit.nodes.embeds import CombineEmbeds, LoadEmbeds, Noise, SaveEmbeds, embeds_files
-from ipadapter_kit.nodes.encoding import ImageEmbeds
+from ipadapter_kit.nodes.encoding import CLIP_MEAN, ImageEmbeds
 
 
 def _embeds(dtype=torch.float32, clip=False, seed=0):
@@ -123,3 +124,56 @@ def test_save_and_load_round_trip_through_the_executor():
     finally:
         for key in ("T_TinyAdapter", "T_TinyClipVision"):
             comfy_nodes.NODE_CLASS_MAPPINGS.pop(key, None)
+
+
+@pytest.fixture(scope="module")
+def encoder_setup():
+    model = tiny.tiny_model("sd15")
+    handle = tiny.tiny_adapter(tiny.tiny_spec(model, ProjectionKind.RESAMPLER))
+    return handle, tiny.tiny_clip_vision()
+
+
+def _pictures():
+    g = torch.Generator().manual_seed(3)
+    return torch.rand(2, 48, 64, 3, generator=g)
+
+
+def test_encoder_weight_scales_the_positive_features_only(encoder_setup):
+    handle, clip = encoder_setup
+    pos, neg = EncodeImage.run(handle, _pictures(), clip_vision=clip)
+    pos2, neg2 = EncodeImage.run(handle, _pictures(), clip_vision=clip, weight=0.6)
+    torch.testing.assert_close(pos2.features, pos.features * 0.6)
+    assert torch.equal(neg2.features, neg.features)
+
+
+def test_encoder_mask_shows_the_encoder_only_the_masked_pixels(encoder_setup):
+    handle, clip = encoder_setup
+    pics = _pictures()
+    mask = torch.zeros(48, 64)
+    mask[:, 32:] = 1.0
+    masked = EncodeImage.run(handle, pics, clip_vision=clip, mask=mask)[0]
+    mean = torch.tensor(CLIP_MEAN)
+    by_hand = pics.clone()
+    by_hand[:, :, :32] = mean  # left half faded to the mean colour, right half untouched
+    expected = EncodeImage.run(handle, by_hand, clip_vision=clip)[0]
+    torch.testing.assert_close(masked.features, expected.features, atol=1e-5, rtol=1e-5)
+    plain = EncodeImage.run(handle, pics, clip_vision=clip)[0]
+    assert not torch.allclose(masked.features, plain.features, atol=1e-3)
+    full = EncodeImage.run(handle, pics, clip_vision=clip, mask=torch.ones(1, 48, 64))[0]
+    torch.testing.assert_close(full.features, plain.features)
+    small = torch.zeros(2, 24, 32)  # any size and one per image: stretched over each picture
+    small[0, :, 16:] = 1.0
+    small[1, :12] = 1.0
+    stretched = torch.nn.functional.interpolate(small[:, None], size=(48, 64), mode="bilinear", align_corners=False)[:, 0]
+    torch.testing.assert_close(
+        EncodeImage.run(handle, pics, clip_vision=clip, mask=small)[0].features,
+        EncodeImage.run(handle, pics, clip_vision=clip, mask=stretched)[0].features,
+    )
+
+
+def test_encoder_mask_count_must_match_the_images(encoder_setup):
+    handle, clip = encoder_setup
+    with pytest.raises(MaskInputError, match="mask has 3 masks for 2 images"):
+        EncodeImage.run(handle, _pictures(), clip_vision=clip, mask=torch.ones(3, 8, 8))
+    with pytest.raises(MaskInputError, match=r"^mask must be \[height, width\]"):
+        EncodeImage.run(handle, _pictures(), clip_vision=clip, mask=torch.ones(8))
