@@ -314,7 +314,7 @@ class InsightFaceLoader(PackNode):
         "models/insightface/models/<name>. Needs the optional packages insightface and onnxruntime "
         f"({insightface_backend.INSTALL_COMMAND}). Loaded once and kept between runs.",
         inputs=lambda: [
-            Input("model_name", "COMBO", "buffalo_l for the h94 FaceID adapters; antelopev2 for Kolors FaceID.", default="buffalo_l", options=_model_name_options),
+            Input("model_name", "COMBO", "insightface model pack: buffalo_l, which the h94 FaceID adapters were trained with.", default="buffalo_l", options=_model_name_options),
             PROVIDER,
         ],
         outputs=[Output(INSIGHTFACE, "insightface", "The face analyser; also usable by other packs' INSIGHTFACE inputs.")],
@@ -331,7 +331,7 @@ class FaceAnalysis(PackNode):
         display_name="IPAdapter FaceID Face Analysis",
         category="ipadapter/faceid",
         description="Finds one face per picture, aligns and crops it to the size the adapter expects (224 SD1.5, "
-        "256 SDXL, 336 Kolors) and computes its identity embedding (and, for FaceID-Plus, the CLIP features "
+        "256 SDXL) and computes its identity embedding (and, for FaceID-Plus, the CLIP features "
         "of the crop). Pictures without a face are skipped with a warning naming them, or fail, per no_face.",
         inputs=lambda: [
             Input("ipadapter", IPADAPTER, "The FaceID adapter the embeddings are for (it decides the crop size and inputs)."),

@@ -26,6 +26,10 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[2]
 FACEID_FILE = "ip-adapter-faceid-plusv2_sd15.bin"
 NEUTRAL_NAME = "my-face-adapter.bin"
+# The other SD1.5 FaceID layouts, under their published names (FaceID-Plus v1 has the v2 file's
+# tensors: it is the neutral file with faceid_version v1). SDXL ones need a full SDXL checkpoint,
+# too large for this machine: tests/nodes/test_faceid_apply.py samples them on small SDXL UNets.
+OTHER_FILES = ("ip-adapter-faceid_sd15.bin", "ip-adapter-faceid-portrait_sd15.bin")
 
 STUB_NODES = '''
 """Test-only nodes for the IPAdapter Kit FaceID e2e tests (never shipped)."""
@@ -94,6 +98,8 @@ def faceid_server(tmp_path_factory):
     target = host_models.adapter_file(FACEID_FILE)
     (models / "ipadapter").mkdir(exist_ok=True)
     os.symlink(target, models / "ipadapter" / NEUTRAL_NAME)
+    for name in OTHER_FILES:
+        os.symlink(host_models.adapter_file(name), models / "ipadapter" / name)
     base = tmp_path_factory.mktemp("faceid-comfy-base")
     (base / "custom_nodes").mkdir()
     (base / "custom_nodes" / "ipak_faceid_test_nodes.py").write_text(STUB_NODES.format(repo=str(REPO)))
@@ -170,3 +176,54 @@ def test_faceid_plus_v2_on_sd15_with_a_faceless_frame(faceid_server):
     px = _pixels(faceid_server, picture)
     assert px.shape == (64, 64, 3) and px.std() > 1.0
     assert _pixels(faceid_server, crop).shape == (224, 224, 3)
+
+
+def _variant_branch(tag: str, adapter_file: str, version: str, clip: bool) -> dict:
+    apply_inputs = {
+        "model": ["ckpt", 0], "ipadapter": [f"{tag}_load", 0], "image": ["faces", 0], "insightface": ["stub", 0],
+        "weight": 0.8, "weight_faceidv2": 1.0, "faceid_version": version, "weight_type": "linear",
+        "combine_embeds": "concat", "start_at": 0.0, "end_at": 1.0, "embeds_scaling": "V only", "lora_strength": 0.6,
+    }
+    if clip:
+        apply_inputs["clip_vision"] = ["clip", 0]
+    return {
+        f"{tag}_load": {"class_type": "IPAK_ModelLoader", "inputs": {"ipadapter_file": adapter_file}},
+        f"{tag}_apply": {"class_type": "IPAK_ApplyFaceID", "inputs": apply_inputs},
+        f"{tag}_sampler": {"class_type": "KSampler", "inputs": {
+            "model": [f"{tag}_apply", 0], "positive": ["pos", 0], "negative": ["neg", 0], "latent_image": ["latent", 0],
+            "seed": 7, "steps": 2, "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0,
+        }},
+        f"{tag}_decode": {"class_type": "VAEDecode", "inputs": {"samples": [f"{tag}_sampler", 0], "vae": ["ckpt", 2]}},
+        f"{tag}_save": {"class_type": "SaveImage", "inputs": {"images": [f"{tag}_decode", 0], "filename_prefix": f"e2e_variant_{tag}"}},
+    }
+
+
+def test_every_sd15_faceid_variant_loads_applies_and_samples(faceid_server):
+    """FaceID, FaceID-Plus v1 and Portrait files (v2 is the test above) in one prompt: each branch
+    loads its file by name, applies it with its LoRA (none for Portrait) and saves an image."""
+    prompt = {
+        "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": host_models.SD15_CHECKPOINT}},
+        "clip": {"class_type": "CLIPVisionLoader", "inputs": {"clip_name": host_models.clip_vision_vit_h().name}},
+        "stub": {"class_type": "IPAKTest_StubInsightFace", "inputs": {}},
+        "faces": {"class_type": "IPAKTest_FaceImages", "inputs": {"count": 1, "blank": ""}},
+        "pos": {"class_type": "CLIPTextEncode", "inputs": {"text": "a portrait photo", "clip": ["ckpt", 1]}},
+        "neg": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["ckpt", 1]}},
+        "latent": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+    }
+    variants = {
+        "faceid": ("ip-adapter-faceid_sd15.bin", "auto", False),
+        "plus_v1": (NEUTRAL_NAME, "v1 (no shortcut)", True),
+        "portrait": ("ip-adapter-faceid-portrait_sd15.bin", "auto", False),
+    }
+    for tag, (name, version, clip) in variants.items():
+        prompt.update(_variant_branch(tag, name, version, clip))
+    start = len(faceid_server.log_text())
+    entry = faceid_server.run(prompt, timeout=900)
+    log = faceid_server.log_text()[start:]
+    assert "lora key not loaded" not in log and "invalid value encountered" not in log
+    assert log.count("applied the LoRA inside") >= 2  # FaceID and Plus carry one; Portrait has none
+    saved = {i["filename"].split("_00")[0]: i for i in faceid_server.output_images(entry) if i.get("type") == "output"}
+    pixels = {tag: _pixels(faceid_server, saved[f"e2e_variant_{tag}"]) for tag in variants}
+    for tag, px in pixels.items():
+        assert px.shape == (64, 64, 3) and px.std() > 1.0, tag
+    assert not np.array_equal(pixels["faceid"], pixels["portrait"])
