@@ -110,3 +110,38 @@ def test_malformed_layer_weights_are_refused_with_the_format(text):
 
 def test_empty_layer_weight_string_changes_nothing():
     assert resolve_layer_weights(WeightType.LINEAR, SD15, 1.0, layer_weights="  \n") == resolve_layer_weights(WeightType.LINEAR, SD15, 1.0)
+
+
+def test_ease_in_out_and_reverse_peak_in_the_middle_transformer():
+    io = by_tidx(resolve_layer_weights(WeightType.EASE_IN_OUT, SD15, 1.0), SD15)
+    rev = by_tidx(resolve_layer_weights(WeightType.REVERSE_IN_OUT, SD15, 1.0), SD15)
+    for t, a, b in ((0, 0.05, 1.0), (4, 0.525, 0.525), (8, 1.0, 0.05), (12, 0.525, 0.525)):
+        assert io[t] == {(a, Route.NORMAL)} and rev[t] == {(b, Route.NORMAL)}, t
+
+
+def test_weak_input_and_weak_output_scale_only_their_blocks():
+    for wt, weak in ((WeightType.WEAK_INPUT, "input"), (WeightType.WEAK_OUTPUT, "output")):
+        ws = resolve_layer_weights(wt, SDXL, 2.0)
+        by_block = {}
+        for lw, layer in zip(ws, SDXL):
+            by_block.setdefault(layer.block, set()).add(round(lw.weight, 6))
+        assert by_block == {b: ({0.4} if b == weak else {2.0}) for b in ("input", "middle", "output")}, wt
+
+
+def test_strong_style_and_composition_sends_the_style_image_everywhere_else():
+    sdxl = by_tidx(resolve_layer_weights(WeightType.STRONG_STYLE_AND_COMPOSITION, SDXL, 1.0, 0.5), SDXL)
+    assert sdxl[3] == {(0.5, Route.COMPOSITION)}
+    assert all(sdxl[t] == {(1.0, Route.NORMAL)} for t in range(11) if t != 3)
+    sd15 = by_tidx(resolve_layer_weights(WeightType.STRONG_STYLE_AND_COMPOSITION, SD15, 1.0, 0.8), SD15)
+    assert sd15[4] == sd15[5] == {(0.8, Route.COMPOSITION)}
+    assert all(sd15[t] == {(1.0, Route.NORMAL)} for t in range(16) if t not in (4, 5))
+
+
+def test_every_weight_type_has_a_layer_test():
+    """A new weight type must get a test above that says which layers it weights."""
+    import inspect
+    import sys
+
+    text = inspect.getsource(sys.modules[__name__])
+    missing = [wt.name for wt in WeightType if f"WeightType.{wt.name}" not in text]
+    assert not missing, missing
