@@ -70,9 +70,10 @@ SDXL_E2E_NOTE = ("runs end to end in the test suite with synthetic SD1.5 files s
                  "(64x64, 2 steps): a full-size SDXL UNet has 2.57 B parameters, 10.3 GB in float32 on the CPU, "
                  "too much beside the rest of the suite; the SDXL layer tables are tested in-process on small "
                  "SDXL-layout UNets")
-DIT_E2E = ("validated against the node definitions only: Flux / SD3.5 need a 12 B / 8 B diffusion model and the "
-           "4.7 B T5-XXL text encoder, which cannot be run on the CPU test machine (ComfyUI detects them by shape, "
-           "so no small stand-in exists); the DiT nodes are tested in-process on tiny models")
+DIT_E2E = ("runs end to end in tests/e2e/test_dit_workflows_e2e.py on synthetic stand-ins (Flux at full width "
+           "with 1 double + 1 single block, a depth-3 SD3 MMDiT, full-size random image encoders) with the T5 / CLIP "
+           "text encoders replaced by a stub giving conditioning of the right shape (64x64, 2 steps); the DiT nodes "
+           "are also tested in-process on tiny models against diffusers and the official processor")
 
 # Node sizes: at least what the frontend's computeSize gives (so the layout holds on load).
 SIZES: dict[str, tuple[float, float]] = {

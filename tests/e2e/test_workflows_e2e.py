@@ -3,9 +3,10 @@
 Every API workflow (workflows/api/<name>.json) uses only node types the server registers. The
 SD1.5 / SDXL ones run on the synthetic full-size SD1.5 files at 64x64 and 2 steps (the SDXL
 ones with the SD1.5 checkpoint and adapters standing in, see workflows/source.py) and must save
-an image; the Flux / SD3.5 ones cannot run here and are validated (here: registered types and
-link types against the server's definitions; tests/nodes/test_workflow_files.py: ComfyUI's
-own validator). The server also serves the UI files to the template browser.
+an image; the Flux / SD3.5 ones are validated here (registered types and link types against the
+server's definitions; tests/nodes/test_workflow_files.py: ComfyUI's own validator) and run end to
+end on synthetic stand-in models with stubbed text encoders in test_dit_workflows_e2e.py. The
+server also serves the UI files to the template browser.
 """
 
 from __future__ import annotations
