@@ -315,6 +315,7 @@ def test_mutated_safetensors_bytes(seeds, flips, length, cut):
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # a flipped protocol byte; torch warns, then we refuse
 @FUZZ
 @given(
     region=st.sampled_from(["pickle", "pickle", "central", "head", "anywhere"]),
