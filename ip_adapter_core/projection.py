@@ -54,9 +54,13 @@ class PerceiverAttention(nn.Module):
         b, n, _ = t.shape
         return t.reshape(b, n, self.heads, self.dim_head).transpose(1, 2)
 
-    def forward(self, x: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, latents: torch.Tensor, shift: torch.Tensor | None = None,
+                scale: torch.Tensor | None = None) -> torch.Tensor:
+        """`shift`/`scale` ([B, dim]): AdaLN modulation of the normed latents (SD3.5's TimeResampler)."""
         x = self.norm1(x)
         latents = self.norm2(latents)
+        if scale is not None:
+            latents = latents * (1 + scale[:, None]) + shift[:, None]
         q = self._heads(self.to_q(latents))
         k, v = self.to_kv(torch.cat((x, latents), dim=1)).chunk(2, dim=-1)
         k, v = self._heads(k), self._heads(v)

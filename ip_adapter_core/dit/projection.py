@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..projection import LinearTokens  # XLabs: the original IP-Adapter's projection, same names
+from ..projection import LinearTokens, PerceiverAttention  # the UNet adapters' modules, same names
 from .attention import head_rms, sinusoid
 from .spec import DitAdapterSpec, DitKind, TimeResamplerSpec
 
@@ -34,29 +34,6 @@ class InstantXFluxProjection(nn.Module):
         return self.norm(self.proj(pooled).reshape(pooled.shape[0], self.tokens, -1))
 
 
-class _ResamplerAttention(nn.Module):
-    def __init__(self, dim: int, dim_head: int, heads: int):
-        super().__init__()
-        inner = dim_head * heads
-        self.heads, self.dim_head = heads, dim_head
-        self.norm1 = nn.LayerNorm(dim)
-        self.norm2 = nn.LayerNorm(dim)
-        self.to_q = nn.Linear(dim, inner, bias=False)
-        self.to_kv = nn.Linear(dim, 2 * inner, bias=False)
-        self.to_out = nn.Linear(inner, dim, bias=False)
-
-    def forward(self, x: torch.Tensor, latents: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        x = self.norm1(x)
-        latents = self.norm2(latents) * (1 + scale[:, None]) + shift[:, None]
-        b, n, _ = latents.shape
-        q = self.to_q(latents)
-        k, v = self.to_kv(torch.cat([x, latents], dim=-2)).chunk(2, dim=-1)
-        q, k, v = (t.reshape(b, t.shape[1], self.heads, self.dim_head).transpose(1, 2) for t in (q, k, v))
-        s = self.dim_head ** -0.25  # 1/sqrt(sqrt(d)) on both q and k, as the reference
-        w = torch.softmax(((q * s) @ (k * s).transpose(-2, -1)).float(), dim=-1).to(q.dtype)
-        return self.to_out((w @ v).transpose(1, 2).reshape(b, n, -1))
-
-
 class TimeResampler(nn.Module):
     """InstantX SD3.5 TimeResampler: SigLIP hidden states + timestep -> (tokens, temb).
 
@@ -75,7 +52,7 @@ class TimeResampler(nn.Module):
         self.time_embedding.linear_2 = nn.Linear(r.dim, r.dim)
         self.layers = nn.ModuleList(
             nn.ModuleList([
-                _ResamplerAttention(r.dim, r.dim_head, r.heads),
+                PerceiverAttention(r.dim, r.dim_head, r.heads),
                 nn.Sequential(nn.LayerNorm(r.dim), nn.Linear(r.dim, r.dim * r.ff_mult, bias=False), nn.GELU(),
                               nn.Linear(r.dim * r.ff_mult, r.dim, bias=False)),
                 nn.Sequential(nn.SiLU(), nn.Linear(r.dim, 4 * r.dim)),
