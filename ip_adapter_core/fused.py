@@ -116,25 +116,9 @@ if triton is not None:
         qmask = mmask[:, None] & dmask[None, :]
         q = tl.load(Q + b * stride_qb + offs_m[:, None] * stride_qn + h * D + offs_d[None, :], mask=qmask, other=0.0)
 
-        if HAS_TEXT:
-            m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-            l_i = tl.zeros([BLOCK_M], tl.float32)
-            acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-            for n0 in range(0, L, BLOCK_N):
-                offs_n = n0 + tl.arange(0, BLOCK_N)
-                nmask = offs_n < L
-                kv_mask = nmask[:, None] & dmask[None, :]
-                k = tl.load(KT + b * stride_ktb + offs_n[:, None] * stride_ktl + h * D + offs_d[None, :], mask=kv_mask, other=0.0)
-                s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * sm_scale
-                s = tl.where(nmask[None, :], s, float("-inf"))
-                m_new = tl.maximum(m_i, tl.max(s, 1))
-                p = tl.exp(s - m_new[:, None])
-                alpha = tl.exp(m_i - m_new)
-                l_i = l_i * alpha + tl.sum(p, 1)
-                v = tl.load(VT + b * stride_vtb + offs_n[:, None] * stride_vtl + h * D + offs_d[None, :], mask=kv_mask, other=0.0)
-                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-                m_i = m_new
-            out = acc / l_i[:, None]
+        if HAS_TEXT:  # the text keys are one more segment: [0, L) of KT/VT
+            out = _segment_pass(q, KT, VT, b, h, 0, L, offs_d, dmask, sm_scale,
+                                stride_ktb, stride_ktl, stride_vtb, stride_vtl, D, BLOCK_M, BLOCK_N, BLOCK_D, PRECISION)
         else:
             out = tl.load(BASE + b * stride_bb + offs_m[:, None] * stride_bn + h * D + offs_d[None, :], mask=qmask, other=0.0).to(tl.float32)
 
