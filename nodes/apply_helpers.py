@@ -6,14 +6,17 @@ from __future__ import annotations
 import torch
 
 from ..ip_adapter_core.embeds import CombineMethod, EmbedsScaling
-from ..ip_adapter_core.errors import EncoderMismatchError, IncompatibleModelError, InvalidInputError, WeightSpecError
+from ..ip_adapter_core.errors import IncompatibleModelError, InvalidInputError, WeightSpecError
 from ..ip_adapter_core.schedules import as_weight_list
 from ..ip_adapter_core.spec import AdapterSpec, EncoderOutput
 from ..ip_adapter_core.weights import WeightType
 from ._api import Input
 from .adapter_store import IPAdapterHandle
 from .apply_core import ApplySettings
-from .encoding import CropMode, ImageEmbeds, clip_image_size, embeds_from_images, encode_clip, validate_images, zero_pixel_features
+from .encoding import (
+    CropMode, ImageEmbeds, clip_image_size, embeds_from_images, encode_clip, require_clip_input, validate_images,
+    zero_pixel_features,
+)
 
 UNFOLD = Input(
     "unfold_batch", "BOOLEAN",
@@ -119,18 +122,7 @@ def encoder_size(handle: IPAdapterHandle, clip_vision) -> int:
 def require_clip(handle: IPAdapterHandle, clip_vision):
     unet_adapter(handle)
     clip = clip_for(handle, clip_vision)
-    spec = handle.spec
-    if not spec.needs_clip or spec.needs_face:
-        raise EncoderMismatchError(
-            f"'{handle.adapter.name}' ({spec.title}) takes {spec.encoder.value} features, not plain CLIP image "
-            "features; this node works with CLIP-based adapters (use the FaceID nodes for it)."
-        )
-    if clip is None:
-        need = spec.clip_encoder
-        raise EncoderMismatchError(
-            f"'{handle.adapter.name}' needs a CLIP vision model: connect a CLIPVisionLoader with "
-            f"'{need.file_name}' to clip_vision, or use the Unified Loader."
-        )
+    require_clip_input(handle.spec, clip, handle.adapter.name)
     return clip
 
 

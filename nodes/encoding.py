@@ -231,6 +231,20 @@ def check_clip_vision(spec: AdapterSpec, clip_vision, adapter_name: str) -> None
     )
 
 
+def require_clip_input(spec: AdapterSpec, clip_vision, adapter_name: str) -> None:
+    """Refuse an adapter that does not take plain CLIP features, or a missing CLIP vision model."""
+    if not spec.needs_clip or spec.needs_face:
+        raise EncoderMismatchError(
+            f"'{adapter_name}' ({spec.title}) takes {spec.encoder.value} features, not plain CLIP image "
+            "features. Use the FaceID nodes for it."
+        )
+    if clip_vision is None:
+        raise EncoderMismatchError(
+            f"'{adapter_name}' needs a CLIP vision model to encode the image: connect a CLIPVisionLoader "
+            f"with '{spec.clip_encoder.file_name}' to clip_vision, or use the Unified Loader."
+        )
+
+
 def embeds_from_images(
     spec: AdapterSpec,
     clip_vision,
@@ -241,17 +255,7 @@ def embeds_from_images(
     batch_size: int = 0,
 ) -> tuple[ImageEmbeds, ImageEmbeds]:
     """(cond, uncond) embeds for a CLIP-based adapter."""
-    if not spec.needs_clip or spec.needs_face:
-        raise EncoderMismatchError(
-            f"'{adapter_name}' ({spec.title}) takes {spec.encoder.value} features, not plain CLIP image "
-            "features. Use the FaceID nodes for it."
-        )
-    if clip_vision is None:
-        clip = spec.clip_encoder
-        raise EncoderMismatchError(
-            f"'{adapter_name}' needs a CLIP vision model to encode the image: connect a CLIPVisionLoader "
-            f"with '{clip.file_name}' to clip_vision, or use the Unified Loader."
-        )
+    require_clip_input(spec, clip_vision, adapter_name)
     check_clip_vision(spec, clip_vision, adapter_name)
     output = spec.encoder_output
     cond = encode_clip(clip_vision, image, output, crop, batch_size)
