@@ -95,36 +95,34 @@ def _kv_shape(kv: Mapping, source: str) -> tuple[int, int]:
     return int(k.shape[0]), int(k.shape[1])
 
 
+def _token_layout(proj: Mapping, kv: Mapping, out_key: str, source: str, what: str) -> tuple[int, int, int]:
+    """(tokens, token width, block width) of a projection `out_key` -> LayerNorm(d), checked against the K/V."""
+    d = int(_need(proj, "norm.weight", source, what).shape[0])
+    rows = int(_need(proj, out_key, source, what).shape[0])
+    if rows % d:
+        raise UnknownLayoutError(f"'{source}': {out_key} has {rows} rows, not a multiple of the {d}-d token width.")
+    hidden, token_dim = _kv_shape(kv, source)
+    _same_width(d, token_dim, source)
+    return rows // d, d, hidden
+
+
 def _xlabs(proj: Mapping, kv: Mapping, blocks: int, source: str) -> DitAdapterSpec:
     what = "XLabs projection"
     w = _need(proj, "proj.weight", source, what)
-    norm = _need(proj, "norm.weight", source, what)
-    d = int(norm.shape[0])
-    rows = int(w.shape[0])
-    if rows % d:
-        raise UnknownLayoutError(f"'{source}': proj.weight has {rows} rows, not a multiple of the {d}-d token width.")
-    hidden, token_dim = _kv_shape(kv, source)
-    _same_width(d, token_dim, source)
+    tokens, d, hidden = _token_layout(proj, kv, "proj.weight", source, what)
     if "0.to_k_ip.bias" not in kv:
         raise UnknownLayoutError(
             f"'{source}': a linear DiT projection with K/V layers without biases; XLabs adapters have "
             "biases on every K/V layer. This looks like a UNet IP-Adapter renumbered, or a damaged file."
         )
-    return layouts.xlabs_spec(rows // d, int(w.shape[1]), d, hidden, blocks)
+    return layouts.xlabs_spec(tokens, int(w.shape[1]), d, hidden, blocks)
 
 
 def _instantx_flux(proj: Mapping, kv: Mapping, blocks: int, source: str) -> DitAdapterSpec:
     what = "InstantX-Flux projection"
     w1 = _need(proj, "proj.0.weight", source, what)
-    w2 = _need(proj, "proj.2.weight", source, what)
-    norm = _need(proj, "norm.weight", source, what)
-    d = int(norm.shape[0])
-    rows = int(w2.shape[0])
-    if rows % d:
-        raise UnknownLayoutError(f"'{source}': proj.2.weight has {rows} rows, not a multiple of the {d}-d token width.")
-    hidden, token_dim = _kv_shape(kv, source)
-    _same_width(d, token_dim, source)
-    return layouts.instantx_flux_spec(rows // d, int(w1.shape[1]), int(w1.shape[0]), d, hidden, blocks)
+    tokens, d, hidden = _token_layout(proj, kv, "proj.2.weight", source, what)
+    return layouts.instantx_flux_spec(tokens, int(w1.shape[1]), int(w1.shape[0]), d, hidden, blocks)
 
 
 def _sd35(proj: Mapping, kv: Mapping, blocks: int, source: str) -> DitAdapterSpec:
