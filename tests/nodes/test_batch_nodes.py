@@ -34,21 +34,30 @@ def _layer_patch(patched, index=0):
     return layer, attn2(patched)[layer.key]
 
 
+def _check_frames(patched, weights, cond_kv):
+    """Run the first layer's patch on cond frames + uncond frames (one per weight): cond frame i
+    must add weight i x Attn(q, cond_kv(i)); uncond frame i weight i x Attn(q, negative K/V)."""
+    layer, p = _layer_patch(patched)
+    (entry,) = p.entries
+    ku, vu = entry.prompt.uncond[layer.index]
+    n = len(weights)
+    out, q, k, v, _ = call_patch(p, layer, batch=2 * n, layout=(0, 1))
+    text = sdpa(q, k, v, layer.heads)
+    for i, w in enumerate(weights):
+        kc, vc = cond_kv(i)
+        torch.testing.assert_close(out[i], text[i] + w * sdpa(q[i : i + 1], kc, vc, layer.heads)[0], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(out[n + i], text[n + i] + w * sdpa(q[n + i : n + i + 1], ku, vu, layer.heads)[0], atol=1e-4, rtol=1e-4)
+    return out, text
+
+
 def test_frame_i_gets_image_i_and_weight_i(setup):
     model, handle, clip = setup
     frames = _frames()
     weights = [1.0, 0.5, 0.0]
     patched = ApplyBatch.run(model, handle, frames, weights, clip_vision=clip, **COMMON)[0]
-    layer, p = _layer_patch(patched)
-    per_image = image_kv(handle, clip, frames, per_image=True)[layer.index]
-    (entry,) = p.entries
-    ku, vu = entry.prompt.uncond[layer.index]
-    out, q, k, v, _ = call_patch(p, layer, batch=6, layout=(0, 1))
-    text = sdpa(q, k, v, layer.heads)
-    for i, w in enumerate(weights):
-        kc, vc = per_image[0][i : i + 1], per_image[1][i : i + 1]
-        torch.testing.assert_close(out[i], text[i] + w * sdpa(q[i : i + 1], kc, vc, layer.heads)[0], atol=1e-4, rtol=1e-4)
-        torch.testing.assert_close(out[3 + i], text[3 + i] + w * sdpa(q[3 + i : 4 + i], ku, vu, layer.heads)[0], atol=1e-4, rtol=1e-4)
+    layer, _ = _layer_patch(patched)
+    kc, vc = image_kv(handle, clip, frames, per_image=True)[layer.index]
+    out, text = _check_frames(patched, weights, lambda i: (kc[i : i + 1], vc[i : i + 1]))
     assert torch.equal(out[2], text[2]) or torch.allclose(out[2], text[2], atol=1e-6)
 
 
@@ -59,15 +68,9 @@ def test_plain_apply_takes_a_per_frame_weight_list(setup):
     ref = image(10)
     weights = [1.0, 0.5, 0.0]
     patched = Apply.run(model, handle, ref, weights, combine_embeds="concat", clip_vision=clip, **COMMON)[0]
-    layer, p = _layer_patch(patched)
+    layer, _ = _layer_patch(patched)
     kc, vc = image_kv(handle, clip, ref)[layer.index]
-    (entry,) = p.entries
-    ku, vu = entry.prompt.uncond[layer.index]
-    out, q, k, v, _ = call_patch(p, layer, batch=6, layout=(0, 1))
-    text = sdpa(q, k, v, layer.heads)
-    for i, w in enumerate(weights):
-        torch.testing.assert_close(out[i], text[i] + w * sdpa(q[i : i + 1], kc, vc, layer.heads)[0], atol=1e-4, rtol=1e-4)
-        torch.testing.assert_close(out[3 + i], text[3 + i] + w * sdpa(q[3 + i : 4 + i], ku, vu, layer.heads)[0], atol=1e-4, rtol=1e-4)
+    _check_frames(patched, weights, lambda i: (kc, vc))
 
 
 @pytest.mark.parametrize("window", ["animatediff", "comfy"])
