@@ -151,10 +151,11 @@ def random_embeds(spec, seed: int):
 
 
 class FloorPatch:
-    """The simplest correct patch: precomputed K/V, text attention + one image attention."""
+    """The simplest correct patch: precomputed K/V, text attention + one image attention call
+    (and one add) per adapter."""
 
-    def __init__(self, k, v, weight):
-        self.k, self.v, self.weight = k, v, weight
+    def __init__(self, kvs, weight):
+        self.kvs, self.weight = kvs, weight  # [(k, v)] per adapter
         self.placed = {}
 
     def __call__(self, q, k, v, extra):
@@ -162,27 +163,31 @@ class FloorPatch:
 
         key = (q.device, q.dtype)
         if key not in self.placed:
-            self.placed[key] = (self.k.to(q.device, q.dtype), self.v.to(q.device, q.dtype))
-        ki, vi = self.placed[key]
+            self.placed[key] = [(ki.to(q.device, q.dtype), vi.to(q.device, q.dtype)) for ki, vi in self.kvs]
         heads = extra["n_heads"]
         out = optimized_attention(q, k, v, heads)
-        ip = optimized_attention(q, ki.expand(q.shape[0], -1, -1), vi.expand(q.shape[0], -1, -1), heads)
-        return out + ip * self.weight
+        for ki, vi in self.placed[key]:
+            out = out + optimized_attention(q, ki.expand(q.shape[0], -1, -1), vi.expand(q.shape[0], -1, -1), heads) * self.weight
+        return out
 
     def __deepcopy__(self, memo):
         return self
 
 
-def floor_model(model, handle, cond):
+def floor_model(model, handles_and_conds):
+    """A clone with one FloorPatch per cross-attention layer for [(handle, cond embeds)]."""
     from ipadapter_kit.nodes import host
 
     layers = host.cross_attention_layers(model)
+    per_layer = [[] for _ in layers]
     with torch.no_grad():
-        tokens = handle.adapter.model.project(cond.features.to(host.compute_device()))
-        kvs = handle.adapter.model.layer_kv(tokens)
+        for handle, cond in handles_and_conds:
+            tokens = handle.adapter.model.project(cond.features.to(host.compute_device()))
+            for j, kv in enumerate(handle.adapter.model.layer_kv(tokens)):
+                per_layer[j].append((kv.k.float(), kv.v.float()))
     clone = model.clone()
-    for layer, kv in zip(layers, kvs):
-        clone.set_model_attn2_replace(FloorPatch(kv.k.float(), kv.v.float(), 1.0), *layer.key)
+    for layer, kvs in zip(layers, per_layer):
+        clone.set_model_attn2_replace(FloorPatch(kvs, 1.0), *layer.key)
     return clone
 
 
@@ -315,7 +320,7 @@ def run_case(case, args):
     results["apply_ms"] = apply_ms
     results["apply_again_ms"] = (time.perf_counter() - again) * 1000
     results["apply_memory"] = apply_mem
-    floor = floor_model(model, handles[0][0], random_embeds(handles[0][0].spec, 3)[0])
+    floor = floor_model(model, [(handles[0][0], random_embeds(handles[0][0].spec, 3)[0])])
     configs = {"none": model, "floor": floor, "ours": patched}
     if device == "cuda":
         configs["ours-plain"] = patched

@@ -30,41 +30,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench  # noqa: E402  (same folder)
 
 
-class FloorPatch2:
-    """The floor for several adapters: text attention + one attention call per adapter."""
-
-    def __init__(self, kvs, weight):
-        self.kvs, self.weight = kvs, weight
-
-    def __call__(self, q, k, v, extra):
-        from comfy.ldm.modules.attention import optimized_attention
-
-        heads = extra["n_heads"]
-        out = optimized_attention(q, k, v, heads)
-        for ki, vi in self.kvs:
-            out = out + self.weight * optimized_attention(q, ki.expand(q.shape[0], -1, -1), vi.expand(q.shape[0], -1, -1), heads)
-        return out
-
-    def __deepcopy__(self, memo):
-        return self
-
-
-def floor_many(model, handles):
-    from ipadapter_kit.nodes import host
-
-    layers = host.cross_attention_layers(model)
-    per_layer = [[] for _ in layers]
-    with torch.no_grad():
-        for i, (handle, _) in enumerate(handles):
-            tokens = handle.adapter.model.project(bench.random_embeds(handle.spec, 3 + i)[0].features)
-            for j, kv in enumerate(handle.adapter.model.layer_kv(tokens)):
-                per_layer[j].append((kv.k.float(), kv.v.float()))
-    clone = model.clone()
-    for layer, kvs in zip(layers, per_layer):
-        clone.set_model_attn2_replace(FloorPatch2(kvs, 1.0), *layer.key)
-    return clone
-
-
 def with_eval_timer(model, sink: list):
     clone = model.clone()
 
@@ -90,6 +55,7 @@ def main(argv=None) -> int:
 
     model = bench.build_unet("sd15", "cpu", torch.float32, small=True)
     handles = [bench.build_adapter(model, "linear", seed=i) for i in range(2)]
+    floors = [(handle, bench.random_embeds(handle.spec, 3 + i)[0]) for i, (handle, _) in enumerate(handles)]
     mask = torch.zeros(1, args.res, args.res)
     mask[:, :, : args.res // 2] = 1.0
 
@@ -101,7 +67,7 @@ def main(argv=None) -> int:
         return m
 
     configs = {
-        "none": model, "floor": floor_many(model, handles[:1]), "floor x2": floor_many(model, handles),
+        "none": model, "floor": bench.floor_model(model, floors[:1]), "floor x2": bench.floor_model(model, floors),
         "one": ours(1), "two": ours(2), "two+mask": ours(2, masked=True),
     }
     sinks = {name: [] for name in configs}
