@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
+
+from .launch import DirectLauncher
 
 try:
     import triton
@@ -61,6 +63,8 @@ class Segments:
     sigma_lo: torch.Tensor
     mask: torch.Tensor | None  # [S, B, N] or None
     has_schedule: bool = False  # any segment with a finite sigma range
+    launches: dict = field(default_factory=dict, repr=False, compare=False)  # per layer shape: _PlanLaunch
+    runners: dict = field(default_factory=dict, repr=False, compare=False)  # direct launchers (launch.py)
 
     @property
     def count(self) -> int:
@@ -95,12 +99,14 @@ if triton is not None:
 
     @triton.jit
     def _decoupled_kernel(
-        Q, KT, VT, BASE, KI, VI, OUT,
-        SEG_START, SEG_LEN, SCALE, SIG_HI, SIG_LO, SIGMA, MASK,
+        # per call: the layer's tensors and their strides
+        Q, KT, VT, BASE, OUT, SIGMA,
         stride_qb, stride_qn, stride_ktb, stride_ktl, stride_vtb, stride_vtl,
-        stride_bb, stride_bn, stride_kib, stride_kit, stride_vib, stride_vit, stride_ob, stride_on,
-        stride_ss, stride_sb, stride_ms, stride_mb, stride_mn,
-        N, L, n_seg, sm_scale,
+        stride_bb, stride_bn, stride_ob, stride_on, N, L,
+        # per plan: the image segments (fixed while the plan lives)
+        KI, VI, SEG_START, SEG_LEN, SCALE, SIG_HI, SIG_LO, MASK,
+        stride_kib, stride_kit, stride_vib, stride_vit, stride_ss, stride_sb, stride_ms, stride_mb, stride_mn,
+        n_seg, sm_scale,
         H: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
         HAS_TEXT: tl.constexpr, HAS_MASK: tl.constexpr, HAS_SIGMA: tl.constexpr, PRECISION: tl.constexpr,
@@ -143,8 +149,50 @@ if triton is not None:
         tl.store(OUT + b * stride_ob + offs_m[:, None] * stride_on + h * D + offs_d[None, :], out.to(OUT.dtype.element_ty), mask=qmask)
 
 
+_LAUNCHER: DirectLauncher | None = None
+OUT_ARG = 4  # position of OUT in _decoupled_kernel's signature
+
+
+def _launch() -> DirectLauncher:
+    global _LAUNCHER
+    if _LAUNCHER is None or _LAUNCHER.kernel is not _decoupled_kernel:
+        _LAUNCHER = DirectLauncher(_decoupled_kernel, OUT_ARG, "0" if INTERPRET else triton.__version__)
+    return _LAUNCHER
+
+
 def _pow2(x: int, floor: int = 16) -> int:
     return max(floor, 1 << (max(1, x) - 1).bit_length())
+
+
+@dataclass(frozen=True)
+class _PlanLaunch:
+    """What a plan contributes to every launch: its arguments, the grid and the options."""
+
+    args: tuple
+    grid: tuple
+    num_warps: int
+
+
+def _plan_launch(segments: Segments, q: torch.Tensor, heads: int, has_text: bool, has_sigma: bool) -> _PlanLaunch:
+    b, n, c = q.shape
+    d = c // heads
+    ki, vi, mask = segments.k, segments.v, segments.mask
+    m = mask if mask is not None else segments.scale
+    ms = (m.stride(0), m.stride(1), m.stride(2)) if mask is not None else (0, 0, 0)
+    block_d = _pow2(d)
+    wide = block_d * q.element_size()  # bytes per key row: bounds the shared memory of a K/V tile
+    block_m = 64 if wide <= 256 else 32
+    block_n = 64 if wide <= 256 else (32 if wide <= 512 else 16)
+    args = (
+        ki, vi, segments.start, segments.length, segments.scale, segments.sigma_hi, segments.sigma_lo, m,
+        0 if ki.shape[0] == 1 else ki.stride(0), ki.stride(1), 0 if vi.shape[0] == 1 else vi.stride(0), vi.stride(1),
+        segments.scale.stride(0), segments.scale.stride(1), *ms,
+        segments.count, 1.0 / math.sqrt(d),
+        # constexprs: H, D, BLOCK_D, BLOCK_M, BLOCK_N, BLOCK_T, HAS_TEXT, HAS_MASK, HAS_SIGMA, PRECISION
+        heads, d, block_d, block_m, block_n, 16, has_text, mask is not None, has_sigma,
+        "ieee" if q.dtype == torch.float32 else "tf32",
+    )
+    return _PlanLaunch(args, (triton.cdiv(n, block_m), b * heads), 4 if block_d <= 64 else 8)
 
 
 def decoupled_attention_fused(
@@ -162,41 +210,29 @@ def decoupled_attention_fused(
     if d > MAX_HEAD_DIM or c != heads * d:
         raise ValueError(f"head dim {d} not supported by the fused kernel")
     has_text = base is None
-    out = torch.empty_like(q)
+    has_sigma = sigmas is not None
     if q.stride(-1) != 1:
         q = q.contiguous()
+    out = torch.empty_like(q)
     kt = k if has_text else q
     vt = v if has_text else q
     if has_text and (kt.stride(-1) != 1 or vt.stride(-1) != 1):
         kt, vt = kt.contiguous(), vt.contiguous()
     bs = base if base is not None else q
-    ki, vi = segments.k, segments.v
-    kib = 0 if ki.shape[0] == 1 else ki.stride(0)
-    vib = 0 if vi.shape[0] == 1 else vi.stride(0)
-    ktb = 0 if (has_text and kt.shape[0] == 1) else kt.stride(0)
-    vtb = 0 if (has_text and vt.shape[0] == 1) else vt.stride(0)
-    mask = segments.mask
-    has_mask = mask is not None
-    m = mask if has_mask else segments.scale
-    ms = (m.stride(0), m.stride(1), m.stride(2)) if has_mask else (0, 0, 0)
-    has_sigma = sigmas is not None
     sig = sigmas.reshape(-1)[:1] if has_sigma else segments.scale
-    block_d = _pow2(d)
-    wide = block_d * q.element_size()  # bytes per key row: bounds the shared memory of a K/V tile
-    block_m = 64 if wide <= 256 else 32
-    block_n = 64 if wide <= 256 else (32 if wide <= 512 else 16)
-    grid = (triton.cdiv(n, block_m), b * heads)
-    _decoupled_kernel[grid](
-        q, kt, vt, bs, ki, vi, out,
-        segments.start, segments.length, segments.scale, segments.sigma_hi, segments.sigma_lo, sig, m,
-        q.stride(0), q.stride(1), ktb, kt.stride(1), vtb, vt.stride(1),
-        bs.stride(0), bs.stride(1), kib, ki.stride(1), vib, vi.stride(1), out.stride(0), out.stride(1),
-        segments.scale.stride(0), segments.scale.stride(1), ms[0], ms[1], ms[2],
-        n, kt.shape[1] if has_text else 0, segments.count, 1.0 / math.sqrt(d),
-        H=heads, D=d, BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_T=16,
-        HAS_TEXT=has_text, HAS_MASK=has_mask, HAS_SIGMA=has_sigma,
-        PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-        num_warps=4 if block_d <= 64 else 8,
-        num_stages=2,
+    plan_key = (q.shape, q.dtype, heads, has_text, has_sigma)
+    plan = segments.launches.get(plan_key)
+    if plan is None:
+        plan = segments.launches[plan_key] = _plan_launch(segments, q, heads, has_text, has_sigma)
+    ints = (
+        q.stride(0), q.stride(1), 0 if (has_text and kt.shape[0] == 1) else kt.stride(0), kt.stride(1),
+        0 if (has_text and vt.shape[0] == 1) else vt.stride(0), vt.stride(1),
+        bs.stride(0), bs.stride(1), out.stride(0), out.stride(1), n, kt.shape[1] if has_text else 0,
     )
+    # The plan fixes everything else Triton specialises on; with every per-call pointer
+    # 16-byte aligned (the allocator's norm) the ints and dtypes are the rest of the key.
+    aligned = (q.data_ptr() | kt.data_ptr() | vt.data_ptr() | bs.data_ptr() | out.data_ptr() | sig.data_ptr()) % 16 == 0
+    key = (plan_key, ints, kt.dtype, vt.dtype, bs.dtype, sig.dtype) if aligned else None
+    _launch()(plan.grid, (q, kt, vt, bs, out, sig, *ints, *plan.args), key, segments.runners,
+              num_warps=plan.num_warps, num_stages=2)
     return out
