@@ -30,14 +30,15 @@ REPO = Path(__file__).resolve().parents[1]
 log = logging.getLogger("bench")
 
 
-def bootstrap(device: str) -> None:
-    """Import ComfyUI as a library and this repository as the package `ipadapter_kit`."""
+def bootstrap(device: str, *flags: str) -> None:
+    """Import ComfyUI as a library (with these command-line flags) and this repository as the
+    package `ipadapter_kit`."""
     root = Path(os.environ.get("COMFYUI_PATH") or (REPO / ".cache" / "comfyui_path").read_text().strip())
     if not root.is_absolute():
         root = (REPO / root).resolve()
     sys.path.insert(0, str(root))
     argv = sys.argv
-    sys.argv = [argv[0]] + (["--cpu"] if device == "cpu" else [])
+    sys.argv = [argv[0]] + (["--cpu"] if device == "cpu" else []) + list(flags)
     import comfy.options
 
     comfy.options.enable_args_parsing()
