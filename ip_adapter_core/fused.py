@@ -166,11 +166,17 @@ def _pow2(x: int, floor: int = 16) -> int:
 
 @dataclass(frozen=True)
 class _PlanLaunch:
-    """What a plan contributes to every launch: its arguments, the grid and the options."""
+    """What a plan contributes to every launch: its arguments (and the same with device
+    pointers for tensors), the grid and the options."""
 
     args: tuple
+    direct_args: tuple
     grid: tuple
     num_warps: int
+
+
+def _device_resident(*tensors: torch.Tensor) -> bool:
+    return all(t.is_cuda for t in tensors)
 
 
 def _plan_launch(segments: Segments, q: torch.Tensor, heads: int, has_text: bool, has_sigma: bool) -> _PlanLaunch:
@@ -192,7 +198,8 @@ def _plan_launch(segments: Segments, q: torch.Tensor, heads: int, has_text: bool
         heads, d, block_d, block_m, block_n, 16, has_text, mask is not None, has_sigma,
         "ieee" if q.dtype == torch.float32 else "tf32",
     )
-    return _PlanLaunch(args, (triton.cdiv(n, block_m), b * heads), 4 if block_d <= 64 else 8)
+    direct = tuple(a.data_ptr() if isinstance(a, torch.Tensor) else a for a in args)  # the plan keeps them alive
+    return _PlanLaunch(args, direct, (triton.cdiv(n, block_m), b * heads), 4 if block_d <= 64 else 8)
 
 
 def decoupled_attention_fused(
@@ -231,8 +238,11 @@ def decoupled_attention_fused(
     )
     # The plan fixes everything else Triton specialises on; with every per-call pointer
     # 16-byte aligned (the allocator's norm) the ints and dtypes are the rest of the key.
-    aligned = (q.data_ptr() | kt.data_ptr() | vt.data_ptr() | bs.data_ptr() | out.data_ptr() | sig.data_ptr()) % 16 == 0
-    key = (plan_key, ints, kt.dtype, vt.dtype, bs.dtype, sig.dtype) if aligned else None
+    ptrs = (q.data_ptr(), kt.data_ptr(), vt.data_ptr(), bs.data_ptr(), out.data_ptr(), sig.data_ptr())
+    aligned = (ptrs[0] | ptrs[1] | ptrs[2] | ptrs[3] | ptrs[4] | ptrs[5]) % 16 == 0
+    key = None
+    if aligned and _device_resident(q, kt, vt, bs, sig):
+        key = (plan_key, ints, kt.dtype, vt.dtype, bs.dtype, sig.dtype)
     _launch()(plan.grid, (q, kt, vt, bs, out, sig, *ints, *plan.args), key, segments.runners,
-              num_warps=plan.num_warps, num_stages=2)
+              (*ptrs, *ints, *plan.direct_args), num_warps=plan.num_warps, num_stages=2)
     return out

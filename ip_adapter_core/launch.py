@@ -13,6 +13,11 @@ promises that equal keys in one cache mean arguments Triton specialises identica
 types, dtypes, pointer alignment, and ints equal to 1 or multiples of 16 in the same places);
 a call without a key always goes through Triton.
 
+A direct launch may take `direct_args`: the same arguments with every tensor replaced by its
+`data_ptr()`. Triton's launcher passes an int through as the device pointer, where for a tensor
+it calls `data_ptr()` and asks the CUDA driver whether the pointer is a device pointer (one
+driver call per pointer argument, per launch); the caller that passes ints vouches for that.
+
 The first direct launch in a process is checked against Triton's own launch of the same
 arguments (bit-equal output, one sync, once). If it differs or raises, direct launches are
 switched off for the process with one warning, and every call goes through Triton as before.
@@ -42,8 +47,9 @@ def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 
 class DirectLauncher:
-    """`launcher(grid, args, key, cache, **options)` does what `kernel[grid](*args, **options)`
-    does; `out_arg` is the position of an output the kernel only writes."""
+    """`launcher(grid, args, key, cache, direct_args, **options)` does what
+    `kernel[grid](*args, **options)` does; `out_arg` is the position of an output the kernel
+    only writes."""
 
     _NO_DIRECT = object()
 
@@ -53,19 +59,19 @@ class DirectLauncher:
         self.enabled = version_supported(triton_version) and os.environ.get("IPA_DIRECT_LAUNCH", "1") != "0"
         self.verified = False
 
-    def __call__(self, grid: tuple, args: tuple, key, cache: dict, **options) -> None:
+    def __call__(self, grid: tuple, args: tuple, key, cache: dict, direct_args: tuple | None = None, **options) -> None:
         if not self.enabled or key is None:
             self.kernel[grid](*args, **options)
             return
         runner = cache.get(key)
         if runner is not None and runner is not self._NO_DIRECT:
-            runner(*args)
+            runner(*(args if direct_args is None else direct_args))
             return
         compiled = self.kernel[grid](*args, **options)
         if runner is None:
-            self._adopt(cache, key, compiled, grid, args)
+            self._adopt(cache, key, compiled, grid, args, direct_args)
 
-    def _adopt(self, cache: dict, key, compiled, grid, args) -> None:
+    def _adopt(self, cache: dict, key, compiled, grid, args, direct_args) -> None:
         if len(cache) >= MAX_ENTRIES:
             cache.clear()
         if compiled is None or not hasattr(compiled, "__getitem__"):
@@ -76,16 +82,17 @@ class DirectLauncher:
         try:
             runner = compiled[(tuple(grid) + (1, 1))[:3]]
             if not self.verified:
-                self._check(runner, args)
+                self._check(runner, args, direct_args)
         except Exception as exc:  # noqa: BLE001 - any failure means: use Triton's launch
             self._disable(f"{type(exc).__name__}: {exc}")
             return
         cache[key] = runner
 
-    def _check(self, runner, args) -> None:
+    def _check(self, runner, args, direct_args) -> None:
         out = args[self.out_arg]
         probe = torch.empty_like(out)
-        runner(*args[: self.out_arg], probe, *args[self.out_arg + 1 :])
+        given, at = (args, probe) if direct_args is None else (direct_args, probe.data_ptr())
+        runner(*given[: self.out_arg], at, *given[self.out_arg + 1 :])
         if not _same(probe, out):
             raise RuntimeError("the direct launch wrote a different result than Triton's launch")
         self.verified = True

@@ -19,6 +19,7 @@ from ip_adapter_core import launch
 from ip_adapter_core.launch import DirectLauncher
 
 OUT = 1
+POINTERS = {}  # data_ptr -> tensor, for runners given pointers
 
 
 class FakeCompiled:
@@ -32,6 +33,8 @@ class FakeCompiled:
             if self.broken:
                 raise TypeError("runner() takes 5 positional arguments but 6 were given")
             self.kernel.calls.append(("direct", self.signature))
+            self.kernel.direct_inputs.append((type(a), type(out)))
+            a, out = (POINTERS.get(x, x) for x in (a, out))  # a device pointer stands for its tensor
             out.copy_(a * (scale + (1 if self.wrong else 0)))
 
         return runner
@@ -42,6 +45,7 @@ class FakeKernel:
 
     def __init__(self, **compiled_kw):
         self.calls = []
+        self.direct_inputs = []
         self.compiled_kw = compiled_kw
 
     def __getitem__(self, grid):
@@ -164,3 +168,22 @@ def test_cache_is_bounded(monkeypatch):
     for i in range(10):
         call(launcher, cache, torch.randn(8), key=i)
     assert len(cache) <= 4
+
+
+def test_direct_args_go_to_the_runner_and_the_check_writes_through_a_pointer(monkeypatch):
+    kernel, cache = FakeKernel(), {}
+    launcher = DirectLauncher(kernel, OUT, "3.6.0")
+    original = torch.empty_like
+    monkeypatch.setattr(torch, "empty_like", lambda t: remember(original(t)))  # the check's probe
+    a = remember(torch.randn(16))
+    for _ in range(3):
+        out = remember(original(a))
+        launcher((1,), (a, out, 2, True), "k", cache, (a.data_ptr(), out.data_ptr(), 2, True), num_warps=4)
+        assert torch.equal(out, a * 2)
+    assert kinds(kernel) == ["triton", "direct", "direct", "direct"] and launcher.verified
+    assert kernel.direct_inputs == [(int, int)] * 3
+
+
+def remember(t):
+    POINTERS[t.data_ptr()] = t
+    return t

@@ -35,10 +35,11 @@ def binder():
 def launches(monkeypatch):
     recorded = []
 
-    def record(grid, args, key, cache, **options):
-        recorded.append((grid, args, key, id(cache), options))
+    def record(grid, args, key, cache, direct_args=None, **options):
+        recorded.append((grid, args, key, id(cache), options, direct_args))
 
     monkeypatch.setattr(fused, "_launch", lambda: record)
+    monkeypatch.setattr(fused, "_device_resident", lambda *tensors: True)  # CPU tensors stand in for CUDA ones
     return recorded
 
 
@@ -93,7 +94,7 @@ def calls(launches):
 def test_equal_keys_mean_equal_triton_specialisations(binder, launches):
     groups = defaultdict(set)
     no_key = 0
-    for grid, args, key, cache, options in calls(launches):
+    for grid, args, key, cache, options, _ in calls(launches):
         _, specialization, _ = binder(*args, **options, debug=False)
         if key is None:
             no_key += 1
@@ -107,5 +108,15 @@ def test_equal_keys_mean_equal_triton_specialisations(binder, launches):
 
 def test_keys_repeat_for_repeated_calls(launches):
     recorded = calls(launches)
-    keys = [(cache, key) for _, _, key, cache, _ in recorded if key is not None]
+    keys = [(cache, key) for _, _, key, cache, _, _ in recorded if key is not None]
     assert len(set(keys)) == len(keys) // 2  # every keyed case came twice and kept its key
+
+
+def test_direct_arguments_are_the_arguments_with_device_pointers(launches):
+    for _, args, _, _, _, direct in calls(launches):
+        assert direct == tuple(a.data_ptr() if isinstance(a, torch.Tensor) else a for a in args)
+
+
+def test_tensors_off_the_device_never_get_a_key(launches, monkeypatch):
+    monkeypatch.setattr(fused, "_device_resident", lambda *tensors: all(t.is_cuda for t in tensors))
+    assert all(key is None for _, _, key, _, _, _ in calls(launches))
