@@ -175,8 +175,8 @@ class _PlanLaunch:
     num_warps: int
 
 
-def _device_resident(*tensors: torch.Tensor) -> bool:
-    return all(t.is_cuda for t in tensors)
+def _device_resident(q, kt, vt, bs, sig) -> bool:
+    return q.is_cuda and kt.is_cuda and vt.is_cuda and bs.is_cuda and sig.is_cuda
 
 
 def _plan_launch(segments: Segments, q: torch.Tensor, heads: int, has_text: bool, has_sigma: bool) -> _PlanLaunch:
@@ -218,24 +218,32 @@ def decoupled_attention_fused(
         raise ValueError(f"head dim {d} not supported by the fused kernel")
     has_text = base is None
     has_sigma = sigmas is not None
-    if q.stride(-1) != 1:
+    qs = q.stride()
+    if qs[2] != 1:
         q = q.contiguous()
+        qs = q.stride()
     out = torch.empty_like(q)
-    kt = k if has_text else q
-    vt = v if has_text else q
-    if has_text and (kt.stride(-1) != 1 or vt.stride(-1) != 1):
-        kt, vt = kt.contiguous(), vt.contiguous()
+    if has_text:
+        kt, vt = k, v
+        ks, vs = kt.stride(), vt.stride()
+        if ks[2] != 1 or vs[2] != 1:
+            kt, vt = kt.contiguous(), vt.contiguous()
+            ks, vs = kt.stride(), vt.stride()
+        text = (0 if kt.shape[0] == 1 else ks[0], ks[1], 0 if vt.shape[0] == 1 else vs[0], vs[1])
+        length = kt.shape[1]
+    else:
+        kt = vt = q
+        text = (qs[0], qs[1], qs[0], qs[1])
+        length = 0
     bs = base if base is not None else q
-    sig = sigmas.reshape(-1)[:1] if has_sigma else segments.scale
+    bss = base.stride() if base is not None else qs
+    sig = sigmas if has_sigma else segments.scale  # the kernel reads its first element
     plan_key = (q.shape, q.dtype, heads, has_text, has_sigma)
     plan = segments.launches.get(plan_key)
     if plan is None:
         plan = segments.launches[plan_key] = _plan_launch(segments, q, heads, has_text, has_sigma)
-    ints = (
-        q.stride(0), q.stride(1), 0 if (has_text and kt.shape[0] == 1) else kt.stride(0), kt.stride(1),
-        0 if (has_text and vt.shape[0] == 1) else vt.stride(0), vt.stride(1),
-        bs.stride(0), bs.stride(1), out.stride(0), out.stride(1), n, kt.shape[1] if has_text else 0,
-    )
+    outs = out.stride()
+    ints = (qs[0], qs[1], *text, bss[0], bss[1], outs[0], outs[1], n, length)
     # The plan fixes everything else Triton specialises on; with every per-call pointer
     # 16-byte aligned (the allocator's norm) the ints and dtypes are the rest of the key.
     ptrs = (q.data_ptr(), kt.data_ptr(), vt.data_ptr(), bs.data_ptr(), out.data_ptr(), sig.data_ptr())

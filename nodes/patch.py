@@ -133,6 +133,18 @@ class PreparedPrompt:
         self._gated = {}
 
 
+def window_frames(extra_options: dict) -> tuple[int, ...] | None:
+    """The latent frames of the current context window (AnimateDiff's or ComfyUI's own over
+    the batch), or None outside windows."""
+    ad = extra_options.get("ad_params")
+    if ad and ad.get("sub_idxs") is not None:
+        return tuple(int(i) for i in ad["sub_idxs"])
+    window = extra_options.get("context_window")
+    if window is not None and getattr(window, "dim", None) == 0 and getattr(window, "index_list", None) is not None:
+        return tuple(int(i) for i in window.index_list)
+    return None
+
+
 @dataclass(frozen=True)
 class CallContext:
     layout: tuple
@@ -157,13 +169,8 @@ class LayerEntry:
         return self
 
     def _frame_rows(self, per_chunk: int, extra_options: dict) -> list[int]:
-        ad = extra_options.get("ad_params")
-        if ad and ad.get("sub_idxs") is not None:
-            return [int(i) for i in ad["sub_idxs"]][:per_chunk]
-        window = extra_options.get("context_window")  # ComfyUI's own context windows over the batch
-        if window is not None and getattr(window, "dim", None) == 0 and getattr(window, "index_list", None) is not None:
-            return [int(i) for i in window.index_list][:per_chunk]
-        return list(range(per_chunk))
+        window = window_frames(extra_options)
+        return list(window[:per_chunk]) if window is not None else list(range(per_chunk))
 
     def _batched(self, layout: tuple, batch: int, frames: tuple, device, dtype):
         """K/V stacked for this batch layout, and the per-row output scale."""
@@ -293,8 +300,7 @@ class Attn2Patch:
     def _fused(self, q, k, v, extra_options):
         """Text attention and every image branch in one kernel (CUDA)."""
         layout = extra_options.get("cond_or_uncond")
-        ad = extra_options.get("ad_params") if self._needs_frames else None
-        frames = tuple(ad["sub_idxs"]) if ad and ad.get("sub_idxs") is not None else None
+        frames = window_frames(extra_options) if self._needs_frames else None
         latent = tuple(extra_options.get("original_shape") or ())[-2:] if self._has_mask else None
         key = (q.shape, q.dtype, q.device, tuple(layout) if layout else (), extra_options.get(host.CHUNK_ROLES), frames, latent)
         plan = self._fast.get(key, _MISSING)

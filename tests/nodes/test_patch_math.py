@@ -152,6 +152,27 @@ def test_animatediff_context_window_picks_frames_by_sub_idxs():
     torch.testing.assert_close(out, expect, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("style", ["animatediff", "comfy"])
+def test_successive_context_windows_through_one_patch_each_get_their_frames(style):
+    """Windows of the same size reach the same patch one after another: each must get its
+    own frames' tokens, not those of the first window seen (a per-shape cache must not
+    hide the window)."""
+    from types import SimpleNamespace
+
+    prompt = _prompt(n_cond=5, unfold=True)
+    p = patch.Attn2Patch(_layer(), (patch.LayerEntry(prompt, 0, 1.0),))
+    kc, vc = prompt.cond[0]
+    for window in ([0, 1], [3, 4], [2, 0]):
+        extra = {"ad_params": {"sub_idxs": window, "full_length": 5}} if style == "animatediff" else {
+            "context_window": SimpleNamespace(dim=0, index_list=window)}
+        q, k, v = _qkv(2, seed=sum(window))
+        out = p(q, k, v, _extra([0], **extra))
+        expect = _sdpa(q, k, v)
+        for row, frame in enumerate(window):
+            expect[row] += _sdpa(q[row : row + 1], kc[frame : frame + 1], vc[frame : frame + 1])[0]
+        torch.testing.assert_close(out, expect, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("mode", list(EmbedsScaling))
 def test_embeds_scaling_modes(mode):
     prompt = _prompt()
