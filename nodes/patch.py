@@ -227,25 +227,15 @@ class LayerEntry:
         key = (ctx.device, ctx.dtype, "mask", ctx.layout, ctx.batch, ctx.frames, grid)
         return p.cache.get(key, lambda: p.mask_rows(grid, rows, ctx.device, ctx.dtype))
 
-    def apply(self, out: torch.Tensor, q: torch.Tensor, extra_options: dict) -> torch.Tensor:
-        """Plain path: out + factor * Attn(q, K_img, V_img)."""
-        p = self.prompt
+    def branch(self, q: torch.Tensor, extra_options: dict) -> "Branch | None":
+        """What this entry adds to calls shaped like this one, or None when nothing."""
         ctx = self.context(q, extra_options)
         k, v, scale = self.terms(ctx)
         if isinstance(scale, float) and scale == 0.0:
-            return out
-        factor = scale
+            return None
         mask = self.mask(ctx, q.shape[1], extra_options)
-        if mask is not None:
-            key = (ctx.device, ctx.dtype, "factor", self.layer, self.weight, self.scaling, self.route, ctx.layout, ctx.batch, ctx.frames, mask.shape)
-            factor = p.cache.get(key, lambda: mask * scale)
-        gate = p.gate(extra_options, q.dtype)
-        if gate is not None:
-            factor = p.gated(factor, gate)
-        ip = image_attention(q, k, v, extra_options["n_heads"])
-        if isinstance(factor, float):
-            return torch.add(out, ip, alpha=factor)
-        return torch.addcmul(out, ip, factor)
+        scheduled = self.prompt if self.prompt.sigma_start is not None else None
+        return Branch(k, v, scale, mask, scale if mask is None else mask * scale, scheduled)
 
     def _grid(self, n_tokens: int, extra_options: dict) -> tuple[int, int]:
         shape = extra_options.get("activations_shape")
@@ -268,6 +258,32 @@ class LayerEntry:
         return grid
 
 
+@dataclass(frozen=True, eq=False)
+class Branch:
+    """One entry's image branch for one call shape: K/V, the per-row scale, the mask rows and
+    their product (`factor`, what the plain path multiplies by), and the prompt whose start/end
+    gates it (None: always on)."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+    scale: float | torch.Tensor
+    mask: torch.Tensor | None
+    factor: float | torch.Tensor
+    scheduled: PreparedPrompt | None
+
+    def add_to(self, out: torch.Tensor, q: torch.Tensor, heads: int, extra_options: dict) -> torch.Tensor:
+        """Plain path: out + factor * Attn(q, K_img, V_img)."""
+        factor = self.factor
+        if self.scheduled is not None:
+            gate = self.scheduled.gate(extra_options, q.dtype)
+            if gate is not None:
+                factor = self.scheduled.gated(factor, gate)
+        ip = image_attention(q, self.k, self.v, heads)
+        if isinstance(factor, float):
+            return torch.add(out, ip, alpha=factor)
+        return torch.addcmul(out, ip, factor)
+
+
 class Attn2Patch:
     """Replace patch for one attn2 key: text attention plus every adapter's image branch.
 
@@ -278,7 +294,8 @@ class Attn2Patch:
         self.layer = layer
         self.entries = entries
         self.inner = inner
-        self._fast: dict = {}  # (q shape, dtype, device, layout, frames) -> fused plan
+        self._fast: dict = {}  # call key (_call_key) -> fused plan
+        self._plain: dict = {}  # call key -> branches for the two-call path
         p = [e.prompt for e in entries]
         self._needs_frames = any(x.unfold or x.mask is not None or x.frame_weights is not None for x in p)
         self._has_mask = any(x.mask is not None for x in p)
@@ -287,28 +304,38 @@ class Attn2Patch:
         return Attn2Patch(self.layer, self.entries + (entry,), self.inner)
 
     def __call__(self, q, k, v, extra_options):
+        key = self._call_key(q, extra_options)
         if fused.available(q) and q.shape[-1] // extra_options["n_heads"] <= fused.MAX_HEAD_DIM:
-            return self._fused(q, k, v, extra_options)
+            return self._fused(key, q, k, v, extra_options)
+        branches = self._plain.get(key)
+        if branches is None:
+            branches = self._plain[key] = self._branches(q, extra_options)
         if self.inner is not None:
             out = self.inner(q, k, v, extra_options)
         else:
             out = host.text_attention(q, k, v, extra_options)
-        for entry in self.entries:
-            out = entry.apply(out, q, extra_options)
+        heads = extra_options["n_heads"]
+        for branch in branches:
+            out = branch.add_to(out, q, heads, extra_options)
         return out
 
-    def _fused(self, q, k, v, extra_options):
-        """Text attention and every image branch in one kernel (CUDA)."""
+    def _call_key(self, q, extra_options) -> tuple:
+        """Everything the branches depend on besides q's values: shape, device, batch layout,
+        context window frames and (with masks) the latent size."""
         layout = extra_options.get("cond_or_uncond")
         frames = window_frames(extra_options) if self._needs_frames else None
         latent = tuple(extra_options.get("original_shape") or ())[-2:] if self._has_mask else None
-        key = (q.shape, q.dtype, q.device, tuple(layout) if layout else (), extra_options.get(host.CHUNK_ROLES), frames, latent)
+        return (q.shape, q.dtype, q.device, tuple(layout) if layout else (), extra_options.get(host.CHUNK_ROLES), frames, latent)
+
+    def _branches(self, q, extra_options) -> tuple[Branch, ...]:
+        found = (entry.branch(q, extra_options) for entry in self.entries)
+        return tuple(b for b in found if b is not None)
+
+    def _fused(self, key, q, k, v, extra_options):
+        """Text attention and every image branch in one kernel (CUDA)."""
         plan = self._fast.get(key, _MISSING)
         if plan is _MISSING:
-            ctx = self.entries[0].context(q, extra_options)
-            masks = [entry.mask(ctx, q.shape[1], extra_options) for entry in self.entries]
-            plan = self._plan(ctx, masks)
-            self._fast[key] = plan
+            plan = self._fast[key] = self._plan(self._branches(q, extra_options), q)
         base = self.inner(q, k, v, extra_options) if self.inner is not None else None
         if plan is None:
             return base if base is not None else host.text_attention(q, k, v, extra_options)
@@ -316,32 +343,32 @@ class Attn2Patch:
             q, k, v, extra_options["n_heads"], plan, extra_options.get("sigmas") if plan.has_schedule else None, base
         )
 
-    def _plan(self, ctx: "CallContext", masks) -> "fused.Segments | None":
-        ks, vs, scales, his, los, rows = [], [], [], [], [], []
-        for entry, mask in zip(self.entries, masks):
-            k, v, scale = entry.terms(ctx)
-            if isinstance(scale, float) and scale == 0.0:
-                continue
-            row_scale = torch.full((ctx.batch,), scale, dtype=torch.float32, device=ctx.device) if isinstance(scale, float) else scale.reshape(-1).float()
-            ks.append(k), vs.append(v), scales.append(row_scale)
-            p = entry.prompt
-            his.append(float("inf") if p.sigma_start is None else p.sigma_start)
-            los.append(float("-inf") if p.sigma_end is None else p.sigma_end)
-            rows.append(mask)
-        if not ks:
+    @staticmethod
+    def _plan(branches: tuple[Branch, ...], q: torch.Tensor) -> "fused.Segments | None":
+        """The branches packed for the fused kernel, or None when there are none."""
+        if not branches:
             return None
+        batch, dev, dtype = q.shape[0], q.device, q.dtype
+        ks, vs, scales, his, los, rows = [], [], [], [], [], []
+        for b in branches:
+            scale = b.scale
+            row_scale = torch.full((batch,), scale, dtype=torch.float32, device=dev) if isinstance(scale, float) else scale.reshape(-1).float()
+            ks.append(b.k), vs.append(b.v), scales.append(row_scale)
+            p = b.scheduled
+            his.append(float("inf") if p is None else p.sigma_start)
+            los.append(float("-inf") if p is None else p.sigma_end)
+            rows.append(b.mask)
         if any(t.shape[0] != 1 for t in ks):
-            ks = [t.expand(ctx.batch, -1, -1) for t in ks]
-            vs = [t.expand(ctx.batch, -1, -1) for t in vs]
+            ks = [t.expand(batch, -1, -1) for t in ks]
+            vs = [t.expand(batch, -1, -1) for t in vs]
         lengths = [t.shape[1] for t in ks]
         starts = [sum(lengths[:i]) for i in range(len(lengths))]
         mask = None
         if any(m is not None for m in rows):
             n = next(m for m in rows if m is not None).shape[1]
             mask = torch.stack(
-                [torch.ones(ctx.batch, n, device=ctx.device, dtype=ctx.dtype) if m is None else m[..., 0].expand(ctx.batch, n) for m in rows]
+                [torch.ones(batch, n, device=dev, dtype=dtype) if m is None else m[..., 0].expand(batch, n) for m in rows]
             ).contiguous()
-        dev = ctx.device
         return fused.Segments(
             k=torch.cat(ks, dim=1).contiguous(),
             v=torch.cat(vs, dim=1).contiguous(),
@@ -360,6 +387,7 @@ class Attn2Patch:
     def to(self, device_or_dtype):
         if isinstance(device_or_dtype, torch.device):
             self._fast = {k: v for k, v in self._fast.items() if same_device(k[2], device_or_dtype)}
+            self._plain = {k: v for k, v in self._plain.items() if same_device(k[2], device_or_dtype)}
             for entry in self.entries:
                 entry.prompt.to(device_or_dtype)
         if self.inner is not None and hasattr(self.inner, "to"):
