@@ -8,6 +8,7 @@ Configurations, interleaved in every repeat so drift hits all of them alike:
   floor       a minimal patch: image K/V precomputed, two attention calls per layer
   ours        this pack through its nodes' code path (fused kernel on CUDA)
   ours-plain  the same with the fused kernel disabled (IPA_FUSED=0)
+  ours-triton the fused kernel launched through Triton's own launcher every call (no direct launch)
 Reports ms/step (median, min), overhead vs none, peak memory, CUDA kernels per UNet
 evaluation (torch.profiler) and the time spent in the apply node. Writes JSON with --json.
 """
@@ -325,15 +326,25 @@ def run_case(case, args):
     configs = {"none": model, "floor": floor, "ours": patched}
     if device == "cuda":
         configs["ours-plain"] = patched
+        configs["ours-triton"] = patched
     times = {name: [] for name in configs}
     peaks = {name: 0 for name in configs}
+    from ipadapter_kit.ip_adapter_core import fused
+
+    launcher = fused._launch() if fused.triton is not None else None
+    direct = {"ok": launcher is not None and launcher.enabled}
 
     def use(name):
         os.environ["IPA_FUSED"] = "0" if name == "ours-plain" else "1"
+        if launcher is not None:
+            launcher.enabled = direct["ok"] and name != "ours-triton"
 
     for name, m in configs.items():  # warm-up: compile kernels, autotune, place K/V
         use(name)
         timed(m, dict(case, steps=2), device)
+        if name == "ours" and launcher is not None:
+            direct["ok"] = launcher.enabled  # still on after its one-time check?
+    results["direct_launch"] = direct["ok"]
     names = list(configs)
     for rep in range(args.repeats):
         order = names[rep % len(names):] + names[: rep % len(names)]  # rotate: no config always first
@@ -349,7 +360,7 @@ def run_case(case, args):
         use(name)
         launches[name] = kernels_per_eval(m, case, device)
         call_us[name] = None if name == "none" else patch_call_us(m, case, device, [Attn2Patch, FloorPatch])
-    os.environ["IPA_FUSED"] = "1"
+    use("ours")
     base = statistics.median(times["none"])
     for name in configs:
         med = statistics.median(times[name])
