@@ -12,7 +12,10 @@ evaluated inside the kernel from the sigma tensor, so a scheduled adapter costs 
 launch and no host sync.
 
 `decoupled_attention_fused` is used only where `available(q)` says so; elsewhere the plain
-two-call path in `attention.py` runs. With TRITON_INTERPRET=1 the kernel runs on CPU
+two-call path in `attention.py` runs. The kernel's arguments come in two parts: the layer's
+tensors (per call) and the segments' (per plan, built once); launches go through
+`launch.DirectLauncher`, which uses Triton's launcher once per plan and argument key and the
+compiled kernel's own launcher after that. With TRITON_INTERPRET=1 the kernel runs on CPU
 tensors, which is how the tests compare it with the plain path.
 """
 
