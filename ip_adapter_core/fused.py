@@ -21,6 +21,7 @@ tensors, which is how the tests compare it with the plain path.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from dataclasses import dataclass, field
@@ -38,19 +39,31 @@ except Exception:  # pragma: no cover - triton missing or broken
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 MAX_HEAD_DIM = 256
+NVIDIA = torch.version.cuda is not None and getattr(torch.version, "hip", None) is None  # ROCm: never run on one
+_disabled_because: str | None = None
+
+log = logging.getLogger("ipadapter_kit")
 
 
 def enabled() -> bool:
-    return triton is not None and os.environ.get("IPA_FUSED", "1") != "0"
+    return triton is not None and _disabled_because is None and os.environ.get("IPA_FUSED", "1") != "0"
 
 
 def available(q: torch.Tensor) -> bool:
     """Whether the fused kernel can run for this query tensor."""
     if not enabled():
         return False
-    if not (q.is_cuda or INTERPRET):
+    if not ((q.is_cuda and NVIDIA) or INTERPRET):
         return False
     return q.dtype in (torch.float16, torch.bfloat16, torch.float32)
+
+
+def disable(why: str) -> None:
+    """Use the two-call path from now on (the kernel failed where it had never run)."""
+    global _disabled_because
+    if _disabled_because is None:
+        _disabled_because = why
+        log.warning("IPAdapter fused kernel unavailable on this GPU (%s); using the two-call attention path.", why)
 
 
 @dataclass
@@ -66,6 +79,7 @@ class Segments:
     sigma_lo: torch.Tensor
     mask: torch.Tensor | None  # [S, B, N] or None
     has_schedule: bool = False  # any segment with a finite sigma range
+    proven: bool = field(default=False, repr=False, compare=False)  # launched without error at least once
     launches: dict = field(default_factory=dict, repr=False, compare=False)  # per layer shape: _PlanLaunch
     runners: dict = field(default_factory=dict, repr=False, compare=False)  # direct launchers (launch.py)
 

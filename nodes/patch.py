@@ -306,7 +306,9 @@ class Attn2Patch:
     def __call__(self, q, k, v, extra_options):
         key = self._call_key(q, extra_options)
         if fused.available(q) and q.shape[-1] // extra_options["n_heads"] <= fused.MAX_HEAD_DIM:
-            return self._fused(key, q, k, v, extra_options)
+            out = self._fused(key, q, k, v, extra_options)
+            if out is not None:
+                return out
         branches = self._plain.get(key)
         if branches is None:
             branches = self._plain[key] = self._branches(q, extra_options)
@@ -332,16 +334,24 @@ class Attn2Patch:
         return tuple(b for b in found if b is not None)
 
     def _fused(self, key, q, k, v, extra_options):
-        """Text attention and every image branch in one kernel (CUDA)."""
+        """Text attention and every image branch in one kernel (CUDA); None when the kernel
+        failed on its first run here (the caller then takes the two-call path)."""
         plan = self._fast.get(key, _MISSING)
         if plan is _MISSING:
             plan = self._fast[key] = self._plan(self._branches(q, extra_options), q)
         base = self.inner(q, k, v, extra_options) if self.inner is not None else None
         if plan is None:
             return base if base is not None else host.text_attention(q, k, v, extra_options)
-        return fused.decoupled_attention_fused(
-            q, k, v, extra_options["n_heads"], plan, extra_options.get("sigmas") if plan.has_schedule else None, base
-        )
+        sigmas = extra_options.get("sigmas") if plan.has_schedule else None
+        if plan.proven:
+            return fused.decoupled_attention_fused(q, k, v, extra_options["n_heads"], plan, sigmas, base)
+        try:  # a GPU or Triton the kernel cannot compile for: fall back once, for good
+            out = fused.decoupled_attention_fused(q, k, v, extra_options["n_heads"], plan, sigmas, base)
+        except Exception as exc:  # noqa: BLE001 - any failure of a never-run kernel means: two-call path
+            fused.disable(f"{type(exc).__name__}: {exc}")
+            return None
+        plan.proven = True
+        return out
 
     @staticmethod
     def _plan(branches: tuple[Branch, ...], q: torch.Tensor) -> "fused.Segments | None":
