@@ -36,10 +36,6 @@ class FileFacts(Generic[T]):
             self._values[key] = value
         return value
 
-    def clear(self) -> None:
-        with self._lock:
-            self._values.clear()
-
 
 class LoadedFiles(Generic[T]):
     """One loaded model per file, held weakly: it stays while a node output or a patched model
@@ -66,7 +62,3 @@ class LoadedFiles(Generic[T]):
     def values(self) -> list[T]:
         with self._lock:
             return list(self._values.values())
-
-    def clear(self) -> None:
-        with self._lock:
-            self._values.clear()
