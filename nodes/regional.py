@@ -141,12 +141,13 @@ class ApplyFromParams(PackNode):
             )
             settings.validate()
             regions.append(settings)
-        uncond = negative_features(ipadapter, clip, image_negative, batch, option(CropMode, crop, "crop"))
+        crop_mode = option(CropMode, crop, "crop")
+        uncond = negative_features(ipadapter, clip, image_negative, batch, crop_mode)
         output = ipadapter.spec.encoder_output
         patched = model
         for i, settings in enumerate(regions):
             image = validate_images(params["image"][i], f"region {i + 1} image")
-            cond = ImageEmbeds(output, encode_clip(clip, image, output, option(CropMode, crop, "crop"), batch))
+            cond = ImageEmbeds(output, encode_clip(clip, image, output, crop_mode, batch))
             patched = apply_embeds(patched, ipadapter, cond, uncond, settings)
         return (patched,)
 
