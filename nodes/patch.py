@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import torch
 
@@ -234,8 +235,7 @@ class LayerEntry:
         if isinstance(scale, float) and scale == 0.0:
             return None
         mask = self.mask(ctx, q.shape[1], extra_options)
-        scheduled = self.prompt if self.prompt.sigma_start is not None else None
-        return Branch(k, v, scale, mask, scale if mask is None else mask * scale, scheduled)
+        return Branch(k, v, scale, mask, self.prompt if self.prompt.sigma_start is not None else None)
 
     def _grid(self, n_tokens: int, extra_options: dict) -> tuple[int, int]:
         shape = extra_options.get("activations_shape")
@@ -260,16 +260,19 @@ class LayerEntry:
 
 @dataclass(frozen=True, eq=False)
 class Branch:
-    """One entry's image branch for one call shape: K/V, the per-row scale, the mask rows and
-    their product (`factor`, what the plain path multiplies by), and the prompt whose start/end
-    gates it (None: always on)."""
+    """One entry's image branch for one call shape: K/V, the per-row scale, the mask rows, and
+    the prompt whose start/end gates it (None: always on)."""
 
     k: torch.Tensor
     v: torch.Tensor
     scale: float | torch.Tensor
     mask: torch.Tensor | None
-    factor: float | torch.Tensor
     scheduled: PreparedPrompt | None
+
+    @cached_property
+    def factor(self) -> float | torch.Tensor:
+        """What the plain path multiplies the image attention by (computed on its first use)."""
+        return self.scale if self.mask is None else self.mask * self.scale
 
     def add_to(self, out: torch.Tensor, q: torch.Tensor, heads: int, extra_options: dict) -> torch.Tensor:
         """Plain path: out + factor * Attn(q, K_img, V_img)."""
@@ -343,12 +346,12 @@ class Attn2Patch:
         if plan is None:
             return base if base is not None else host.text_attention(q, k, v, extra_options)
         sigmas = extra_options.get("sigmas") if plan.has_schedule else None
-        if plan.proven:
-            return fused.decoupled_attention_fused(q, k, v, extra_options["n_heads"], plan, sigmas, base)
-        try:  # a GPU or Triton the kernel cannot compile for: fall back once, for good
+        try:
             out = fused.decoupled_attention_fused(q, k, v, extra_options["n_heads"], plan, sigmas, base)
-        except Exception as exc:  # noqa: BLE001 - any failure of a never-run kernel means: two-call path
-            fused.disable(f"{type(exc).__name__}: {exc}")
+        except Exception as exc:  # noqa: BLE001 - a kernel that never ran here (a GPU or Triton it cannot compile for)
+            if plan.proven:
+                raise
+            fused.disable(f"{type(exc).__name__}: {exc}")  # fall back once, for good
             return None
         plan.proven = True
         return out
