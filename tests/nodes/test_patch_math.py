@@ -1,5 +1,6 @@
 """The attn2 patch against the plain decoupled-attention formula, called the way ComfyUI
-calls it (projected q/k/v, extra_options), over batch layouts, masks, schedules."""
+calls it (projected q/k/v, extra_options), over batch layouts, masks, schedules; and the fall back
+to the two-call path when the fused kernel cannot run on a GPU."""
 
 from __future__ import annotations
 
@@ -241,3 +242,71 @@ def test_unfold_keeps_one_kv_row_per_distinct_reference():
     expect[0] += _sdpa(q[:1], kc[1:2], vc[1:2])[0]
     expect[1] += _sdpa(q[1:], kc[2:3], vc[2:3])[0]
     torch.testing.assert_close(out, expect, atol=1e-5, rtol=1e-5)
+
+
+# --- when the fused kernel cannot run on this GPU --------------------------------------------
+
+
+@pytest.fixture
+def failing_kernel(monkeypatch):
+    """The fused path switched on for these tensors, its kernel replaced by one that fails
+    (like a GPU or Triton it cannot compile for) until told otherwise."""
+    from types import SimpleNamespace
+
+    state = SimpleNamespace(calls=0, fail=True)
+
+    def launch(q, k, v, heads, segments, sigmas=None, base=None):
+        state.calls += 1
+        if state.fail:
+            raise RuntimeError("PTX .version 8.7 does not support .target sm_61")
+        return torch.zeros_like(q)
+
+    monkeypatch.setattr(fused, "_disabled_because", None)
+    monkeypatch.setattr(fused, "available", lambda q: fused.enabled())
+    monkeypatch.setattr(fused, "decoupled_attention_fused", launch)
+    return state
+
+
+def _fallback_call(seed=0):
+    p = patch.Attn2Patch(_layer(), (patch.LayerEntry(_prompt(), 0, 0.7),))
+    q, k, v = _qkv(2, seed)
+    return p(q, k, v, _extra([0, 1]))
+
+
+def test_first_kernel_failure_falls_back_to_the_two_call_path_for_good(failing_kernel, caplog, monkeypatch):
+    """Its first failure switches the pack to the two-call path with one warning, and the call
+    that failed still returns the right result."""
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="ipadapter_kit"):
+        out = _fallback_call()
+        again = _fallback_call(seed=1)
+    assert failing_kernel.calls == 1  # tried once, never again
+    assert not fused.enabled()
+    assert caplog.text.count("fused kernel unavailable") == 1 and "sm_61" in caplog.text
+    monkeypatch.setattr(fused, "available", lambda q: False)  # the two-call path, fresh patches
+    torch.testing.assert_close(out, _fallback_call(), atol=0, rtol=0)
+    torch.testing.assert_close(again, _fallback_call(seed=1), atol=0, rtol=0)
+
+
+def test_a_kernel_that_ran_before_is_not_replaced_when_it_fails(failing_kernel):
+    failing_kernel.fail = False
+    p = patch.Attn2Patch(_layer(), (patch.LayerEntry(_prompt(), 0, 0.7),))
+    q, k, v = _qkv(2)
+    p(q, k, v, _extra([0, 1]))  # runs: the plan is proven
+    failing_kernel.fail = True
+    with pytest.raises(RuntimeError, match="sm_61"):
+        p(q, k, v, _extra([0, 1]))
+    assert fused.enabled()
+
+
+def test_rocm_never_gets_the_fused_kernel(monkeypatch):
+    """Never validated on ROCm (and its tf32 dots do not compile on most AMD GPUs)."""
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(fused, "NVIDIA", False)
+    monkeypatch.setattr(fused, "INTERPRET", False)
+    q = SimpleNamespace(is_cuda=True, dtype=torch.float16)  # a HIP tensor reports is_cuda too
+    assert not fused.available(q)
+    monkeypatch.setattr(fused, "NVIDIA", True)
+    assert fused.available(q) == (fused.triton is not None and fused.enabled())
