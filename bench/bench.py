@@ -193,6 +193,31 @@ def floor_model(model, handles_and_conds):
     return clone
 
 
+def cpu_two_adapters(res: int):
+    """The CPU benchmarks' setup: a small SD1.5 UNet and two random adapters of the published
+    4-token layout. Returns (model, ours, floor): `ours(n, masked=False, end_at=1.0)` is the
+    model with the first n adapters applied through the nodes' code path (a left-half mask when
+    masked), `floor(n)` the same adapters as FloorPatches."""
+    from ipadapter_kit.nodes.apply_core import ApplySettings, apply_embeds
+
+    model = build_unet("sd15", "cpu", torch.float32, small=True)
+    handles = [build_adapter(model, "linear", seed=i)[0] for i in range(2)]
+    embeds = [random_embeds(handle.spec, 3 + i) for i, handle in enumerate(handles)]
+    mask = torch.zeros(1, res, res)
+    mask[:, :, : res // 2] = 1.0
+
+    def ours(n: int, masked: bool = False, end_at: float = 1.0):
+        m = model
+        for handle, (cond, uncond) in list(zip(handles, embeds))[:n]:
+            m = apply_embeds(m, handle, cond, uncond, ApplySettings(weight=0.8, attn_mask=mask if masked else None, end_at=end_at))
+        return m
+
+    def floor(n: int):
+        return floor_model(model, [(handle, cond) for handle, (cond, _) in zip(handles, embeds)][:n])
+
+    return model, ours, floor
+
+
 def conditioning(arch: str, batch: int, res: int, device: str):
     g = torch.Generator().manual_seed(1)
     ctx = 768 if arch == "sd15" else 2048

@@ -51,23 +51,9 @@ def main(argv=None) -> int:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     bench.bootstrap("cpu")
-    from ipadapter_kit.nodes.apply_core import ApplySettings, apply_embeds
-
-    model = bench.build_unet("sd15", "cpu", torch.float32, small=True)
-    handles = [bench.build_adapter(model, "linear", seed=i) for i in range(2)]
-    floors = [(handle, bench.random_embeds(handle.spec, 3 + i)[0]) for i, (handle, _) in enumerate(handles)]
-    mask = torch.zeros(1, args.res, args.res)
-    mask[:, :, : args.res // 2] = 1.0
-
-    def ours(n, masked=False):
-        m = model
-        for i, (handle, _) in enumerate(handles[:n]):
-            cond, uncond = bench.random_embeds(handle.spec, 3 + i)
-            m = apply_embeds(m, handle, cond, uncond, ApplySettings(weight=0.8, attn_mask=mask if masked else None))
-        return m
-
+    model, ours, floor = bench.cpu_two_adapters(args.res)
     configs = {
-        "none": model, "floor": bench.floor_model(model, floors[:1]), "floor x2": bench.floor_model(model, floors),
+        "none": model, "floor": floor(1), "floor x2": floor(2),
         "one": ours(1), "two": ours(2), "two+mask": ours(2, masked=True),
     }
     sinks = {name: [] for name in configs}

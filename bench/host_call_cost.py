@@ -178,26 +178,11 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     bench.bootstrap("cpu", "--use-pytorch-cross-attention")  # SDPA, as ComfyUI uses on a GPU
     from ipadapter_kit.ip_adapter_core import fused
-    from ipadapter_kit.nodes.apply_core import ApplySettings, apply_embeds
 
-    model = bench.build_unet("sd15", "cpu", torch.float32, small=True)
-    handles = [bench.build_adapter(model, "linear", seed=i) for i in range(2)]
-    conds = [bench.random_embeds(handle.spec, 3 + i) for i, (handle, _) in enumerate(handles)]
-    mask = torch.zeros(1, args.res, args.res)
-    mask[:, :, : args.res // 2] = 1.0
-
-    def ours(n, masked=False):
-        m = model
-        for (handle, _), (cond, uncond) in list(zip(handles, conds))[:n]:
-            settings = ApplySettings(weight=0.8, attn_mask=mask if masked else None, end_at=0.8 if masked else 1.0)
-            m = apply_embeds(m, handle, cond, uncond, settings)
-        return m
-
-    floors = [(handle, cond) for (handle, _), (cond, _) in zip(handles, conds)]
+    model, ours, floor = bench.cpu_two_adapters(args.res)
     models = {
-        "text": text_only_model(model), "floor x1": bench.floor_model(model, floors[:1]),
-        "floor x2": bench.floor_model(model, floors), "plain x1": ours(1), "plain x2": ours(2),
-        "plain x2+mask+sched": ours(2, masked=True),
+        "text": text_only_model(model), "floor x1": floor(1), "floor x2": floor(2), "plain x1": ours(1),
+        "plain x2": ours(2), "plain x2+mask+sched": ours(2, masked=True, end_at=0.8),
     }
     calls = {name: record_calls(m, args.res) for name, m in models.items()}
 
