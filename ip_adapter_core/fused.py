@@ -229,6 +229,11 @@ def decoupled_attention_fused(
     base: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Text attention (or `base`) plus every segment, in one kernel launch."""
+    if q.is_cuda and q.get_device() != torch.cuda.current_device():
+        # Triton launches on (and compiles and caches kernels for) the current device, where torch
+        # ops follow their tensors: a model on another GPU (multi-GPU setups) makes its own current.
+        with torch.cuda.device(q.get_device()):
+            return decoupled_attention_fused(q, k, v, heads, segments, sigmas, base)
     b, n, c = q.shape
     d = c // heads
     if d > MAX_HEAD_DIM or c != heads * d:

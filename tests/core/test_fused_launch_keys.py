@@ -8,6 +8,7 @@ launch is recorded instead.
 
 from __future__ import annotations
 
+import contextlib
 from collections import defaultdict
 
 import pytest
@@ -122,3 +123,39 @@ def test_tensors_off_the_device_never_get_a_key(launches, monkeypatch):
     monkeypatch.setattr(fused, "_device_resident", DEVICE_RESIDENT)  # the real check: these are CPU tensors
     recorded = calls(launches)
     assert recorded and all(key is None for _, _, key, _, _, _ in recorded)
+
+
+class OnGpu1(torch.Tensor):
+    """A CPU tensor that says it lives on cuda:1 (no GPU needed)."""
+
+    @property
+    def is_cuda(self):
+        return True
+
+    def get_device(self):
+        return 1
+
+
+def test_a_model_on_another_gpu_launches_with_its_device_current(monkeypatch):
+    """Triton launches on the current device (its kernels are loaded per device), so a query on
+    cuda:1 while cuda:0 is current must make cuda:1 current for the launch and restore cuda:0."""
+    current = [0]
+    launched_on = []
+
+    @contextlib.contextmanager
+    def device(index):
+        before, current[0] = current[0], index
+        try:
+            yield
+        finally:
+            current[0] = before
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: current[0])
+    monkeypatch.setattr(torch.cuda, "device", device)
+    monkeypatch.setattr(fused, "_launch", lambda: lambda *a, **k: launched_on.append(current[0]))
+    seg = segments(320, 2)
+    text = torch.randn(2, 77, 320).half()
+    fused.decoupled_attention_fused(torch.randn(2, 64, 320).half().as_subclass(OnGpu1), text, text, 8, seg)
+    assert launched_on == [1] and current == [0]
+    fused.decoupled_attention_fused(torch.randn(2, 64, 320).half(), text, text, 8, seg)  # CPU: no switch
+    assert launched_on == [1, 0]
