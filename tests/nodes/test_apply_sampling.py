@@ -9,7 +9,6 @@ import pytest
 import torch
 
 import tiny  # noqa: I001  (sets up the host first)
-import comfy.sample
 from ipadapter_kit.ip_adapter_core import layouts
 from ipadapter_kit.ip_adapter_core.spec import ProjectionKind
 from ipadapter_kit.nodes import host, patch
@@ -38,10 +37,7 @@ def _apply(setup, **kw):
 
 
 def _sample(arch, model, seed=0):
-    pos, neg = tiny.conditioning(arch)
-    latent = torch.zeros(1, 4, 8, 8)
-    noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(seed))
-    return comfy.sample.sample(model, noise, STEPS, 5.0, "euler", "normal", pos, neg, latent, seed=seed)
+    return tiny.sample(model, arch, STEPS, seed=seed)
 
 
 def _attn2(model):

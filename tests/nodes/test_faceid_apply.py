@@ -65,10 +65,7 @@ def plain_sample(arch, batch=1):
 
 
 def sample(arch, model, batch=1, seed=0):
-    pos, neg = tiny.conditioning(arch)
-    latent = torch.zeros(batch, 4, 8, 8)
-    noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(seed))
-    return comfy.sample.sample(model, noise, STEPS, 5.0, "euler", "normal", pos, neg, latent, seed=seed)
+    return tiny.sample(model, arch, STEPS, batch, seed)
 
 
 def apply(model, handle, image=None, **kw):

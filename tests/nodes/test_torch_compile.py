@@ -9,7 +9,6 @@ import torch
 import torch._dynamo
 
 import tiny  # noqa: I001  (sets up the host first)
-import comfy.sample
 from ipadapter_kit.nodes.apply import Apply
 
 set_torch_compile_wrapper = pytest.importorskip("comfy_api.torch_helpers").set_torch_compile_wrapper  # not in older ComfyUI
@@ -35,19 +34,13 @@ def test_torch_compile_model_samples_like_the_uncompiled_model(monkeypatch):
         patched = Apply.run(patched, handle, image, clip_vision=clip, weight=0.8, weight_type="linear", combine_embeds="concat",
                             start_at=0.0, end_at=0.6, embeds_scaling="V only", attn_mask=m)[0]
 
-    def sample(m):
-        pos, neg = tiny.conditioning("sd15")
-        latent = torch.zeros(1, 4, 8, 8)
-        noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(0))
-        return comfy.sample.sample(m, noise, 2, 5.0, "euler", "normal", pos, neg, latent, seed=0, disable_pbar=True)
-
-    eager = sample(patched)
+    eager = tiny.sample(patched)
     compiled = patched.clone()
     set_torch_compile_wrapper(compiled, backend="eager")
     torch._dynamo.reset()
     try:
-        out = sample(compiled)
+        out = tiny.sample(compiled)
     finally:
         torch._dynamo.reset()
     torch.testing.assert_close(out, eager, atol=1e-5, rtol=1e-5)
-    assert not torch.equal(eager, sample(model))  # the adapters do act
+    assert not torch.equal(eager, tiny.sample(model))  # the adapters do act

@@ -21,6 +21,7 @@ import comfy.clip_vision  # noqa: E402
 import comfy.model_base  # noqa: E402
 import comfy.model_management  # noqa: E402
 import comfy.model_patcher  # noqa: E402
+import comfy.sample  # noqa: E402
 import comfy.supported_models  # noqa: E402
 
 from ipadapter_kit.ip_adapter_core.adapter import IPAdapterModel  # noqa: E402
@@ -153,3 +154,11 @@ def conditioning(arch: str, batch: int = 1, seed: int = 1):
         return [[torch.randn(batch, 77, ctx, generator=g) * 0.1, extra]]
 
     return one(), one()
+
+
+def sample(model, arch: str = "sd15", steps: int = 2, batch: int = 1, seed: int = 0) -> torch.Tensor:
+    """The latent ComfyUI's sampler makes with a tiny model (euler, cfg 5, 8x8 latent)."""
+    pos, neg = conditioning(arch)
+    latent = torch.zeros(batch, 4, 8, 8)
+    noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(seed))
+    return comfy.sample.sample(model, noise, steps, 5.0, "euler", "normal", pos, neg, latent, seed=seed, disable_pbar=True)
